@@ -1,0 +1,62 @@
+# The whole set-up is two commands (see README.md):
+#   make book   -> .venv + requirements + detlib (editable), then the HTML book in _build/html
+#   make test   -> same set-up, then unit tests, nbval on every chapter, a strict book build
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed-stamp
+CHAPTERS := $(sort $(wildcard chapters/*.ipynb))
+
+.PHONY: setup book test test-unit test-notebooks test-book bench notebooks sync lint clean
+
+$(STAMP): requirements.txt pyproject.toml
+	@echo "==> [setup] creating $(VENV) (if missing) and installing requirements.txt + detlib (editable)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+	@echo "==> [setup] done: $(VENV) ($$($(PY) -c 'import torch, torchvision; print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")'))"
+
+setup: $(STAMP)
+
+book: setup
+	@echo "==> [book] building the HTML book from the committed notebook outputs"
+	$(BIN)/jupyter-book build . --keep-going
+	@echo "==> [book] done: open _build/html/index.html"
+
+test: setup test-unit test-notebooks test-book
+	@echo "==> [test] all passed: unit tests, nbval on $(words $(CHAPTERS)) chapter(s), strict book build"
+
+test-unit: setup
+	@echo "==> [test] unit, property and parity tests (tests/)"
+	$(BIN)/pytest tests -q
+
+test-notebooks: setup
+	@echo "==> [test] nbval: re-running every chapter and comparing with its committed outputs"
+	$(BIN)/pytest -q --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $(CHAPTERS)
+
+test-book: setup
+	@echo "==> [test] building the book with warnings as errors"
+	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	@echo "==> [test] book built: _build/html/index.html"
+
+bench: setup
+	@echo "==> [bench] detlib vs torchvision vs the seeds' loops (writes bench/results/ and book/_generated/)"
+	$(PY) bench/run.py
+	@echo "==> [bench] done: book/_generated/benchmarks.md (run 'make book' to see it in the book)"
+
+notebooks: setup
+	@echo "==> [notebooks] executing every chapter in place (outputs and widget state saved)"
+	$(PY) tools/execute_notebooks.py $(CHAPTERS)
+
+sync: setup
+	@echo "==> [sync] writing the repository URL from _config.yml into each chapter's badge and bootstrap cell"
+	$(PY) tools/sync_notebooks.py $(CHAPTERS)
+
+lint: setup
+	$(BIN)/ruff check detlib tests bench tools
+
+clean:
+	rm -rf _build .pytest_cache .hypothesis

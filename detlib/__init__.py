@@ -1,0 +1,49 @@
+"""detlib: the building blocks of anchor-based object detectors, in plain PyTorch.
+
+Boxes are ``(x1, y1, x2, y2)`` in absolute pixels (no "+1" convention); an aspect ratio is
+height / width. Functions accept tensors on any device and any floating dtype and return results
+on the same device.
+"""
+
+from detlib._checks import set_value_checks, value_checks, value_checks_enabled
+from detlib.anchors import (
+    AnchorGenerator,
+    anchors_inside_image,
+    best_anchor_iou,
+    kmeans_anchor_shapes,
+    shape_iou,
+)
+from detlib.boxes import (
+    box_area,
+    box_convert,
+    box_iou,
+    clip_boxes_to_image,
+    generalized_box_iou,
+    remove_small_boxes,
+)
+from detlib.coder import BoxCoder
+from detlib.losses import sigmoid_focal_loss, smooth_l1_loss
+from detlib.matching import Matcher
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnchorGenerator",
+    "BoxCoder",
+    "Matcher",
+    "anchors_inside_image",
+    "best_anchor_iou",
+    "box_area",
+    "box_convert",
+    "box_iou",
+    "clip_boxes_to_image",
+    "generalized_box_iou",
+    "kmeans_anchor_shapes",
+    "remove_small_boxes",
+    "set_value_checks",
+    "shape_iou",
+    "sigmoid_focal_loss",
+    "smooth_l1_loss",
+    "value_checks",
+    "value_checks_enabled",
+]

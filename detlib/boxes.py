@@ -1,0 +1,192 @@
+"""Box arithmetic: areas, IoU and its generalisations, format conversion, clipping.
+
+Boxes are ``(x1, y1, x2, y2)`` in absolute pixels with ``x1 <= x2`` and ``y1 <= y2`` unless a
+format says otherwise. There is no "+1" convention: a box from 0 to 10 is 10 pixels wide.
+Every function works on any device and returns its result on the device of its input.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from detlib._checks import check_boxes, check_same_device
+
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh", "yxyx")
+
+
+def _upcast(t: Tensor) -> Tensor:
+    """Widen float16/bfloat16 to float32 (and small ints to int32) before multiplying coordinates,
+    so that areas cannot overflow. This is also what torchvision does, which keeps results equal."""
+    if t.is_floating_point():
+        return t if t.dtype in (torch.float32, torch.float64) else t.float()
+    return t if t.dtype in (torch.int32, torch.int64) else t.int()
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of each box.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``.
+
+    Returns:
+        ``Tensor[N]``; float16 and bfloat16 input gives float32 areas.
+    """
+    return _area(check_boxes("box_area", "boxes", boxes))
+
+
+def _area(boxes: Tensor) -> Tensor:
+    boxes = _upcast(boxes)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _pairwise_extent(lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
+    """Length of the overlap of intervals ``[lo1, hi1]`` (``[N]``) and ``[lo2, hi2]`` (``[M]``),
+    for every pair: ``Tensor[N, M]``, zero where they do not overlap.
+
+    Working on one coordinate at a time keeps every temporary ``[N, M]`` (not ``[N, M, 2]``) and
+    lets the subtraction and the clamp reuse the same memory.
+    """
+    overlap = torch.minimum(hi1[:, None], hi2)
+    overlap -= torch.maximum(lo1[:, None], lo2)
+    return _upcast(overlap).clamp_(min=0)
+
+
+def _intersection_and_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
+    """Pairwise intersection and union areas, both ``Tensor[N, M]``."""
+    area1 = _area(boxes1)
+    area2 = _area(boxes2)
+    x1a, y1a, x2a, y2a = boxes1.unbind(1)
+    x1b, y1b, x2b, y2b = boxes2.unbind(1)
+    inter = _pairwise_extent(x1a, x2a, x1b, x2b) * _pairwise_extent(y1a, y2a, y1b, y2b)
+    union = area1[:, None] + area2
+    union -= inter
+    return inter, union
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Intersection over union of every pair of boxes.
+
+    Args:
+        boxes1: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``.
+        boxes2: ``Tensor[M, 4]`` in ``(x1, y1, x2, y2)``, on the same device.
+
+    Returns:
+        ``Tensor[N, M]`` with values in ``[0, 1]``. A pair of zero-area boxes has no union and
+        gives NaN, as in ``torchvision.ops.box_iou``; remove such boxes first
+        (:func:`remove_small_boxes`).
+    """
+    check_boxes("box_iou", "boxes1", boxes1)
+    check_boxes("box_iou", "boxes2", boxes2)
+    check_same_device("box_iou", boxes1=boxes1, boxes2=boxes2)
+    inter, union = _intersection_and_union(boxes1, boxes2)
+    return inter / union
+
+
+def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Generalised IoU (Rezatofighi et al., 2019) of every pair of boxes.
+
+    ``GIoU = IoU - (C - U) / C`` where ``U`` is the union and ``C`` the area of the smallest box
+    enclosing both. Unlike IoU it keeps decreasing as disjoint boxes move apart.
+
+    Args:
+        boxes1: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``.
+        boxes2: ``Tensor[M, 4]`` in ``(x1, y1, x2, y2)``, on the same device.
+
+    Returns:
+        ``Tensor[N, M]`` with values in ``[-1, 1]``.
+    """
+    check_boxes("generalized_box_iou", "boxes1", boxes1)
+    check_boxes("generalized_box_iou", "boxes2", boxes2)
+    check_same_device("generalized_box_iou", boxes1=boxes1, boxes2=boxes2)
+    inter, union = _intersection_and_union(boxes1, boxes2)
+    iou = inter / union
+    x1a, y1a, x2a, y2a = boxes1.unbind(1)
+    x1b, y1b, x2b, y2b = boxes2.unbind(1)
+    # The enclosing box spans from the smaller low edge to the larger high edge.
+    enclosing_w = _upcast(torch.maximum(x2a[:, None], x2b) - torch.minimum(x1a[:, None], x1b)).clamp(min=0)
+    enclosing_h = _upcast(torch.maximum(y2a[:, None], y2b) - torch.minimum(y1a[:, None], y1b)).clamp(min=0)
+    enclosing = enclosing_w * enclosing_h
+    return iou - (enclosing - union) / enclosing
+
+
+def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
+    a, b, c, d = boxes.unbind(-1)
+    if fmt == "xywh":
+        return torch.stack((a, b, a + c, b + d), dim=-1)
+    if fmt == "cxcywh":
+        return torch.stack((a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d), dim=-1)
+    if fmt == "yxyx":
+        return torch.stack((b, a, d, c), dim=-1)
+    return boxes
+
+
+def _from_xyxy(boxes: Tensor, fmt: str) -> Tensor:
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    if fmt == "xywh":
+        return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)
+    if fmt == "cxcywh":
+        return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
+    if fmt == "yxyx":
+        return torch.stack((y1, x1, y2, x2), dim=-1)
+    return boxes
+
+
+def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
+    """Convert boxes between formats.
+
+    Formats: ``"xyxy"`` (x1, y1, x2, y2), ``"xywh"`` (x1, y1, width, height), ``"cxcywh"``
+    (centre x, centre y, width, height) and ``"yxyx"`` (y1, x1, y2, x2, the TensorFlow order
+    that EfficientDet code uses). The same arithmetic as ``torchvision.ops.box_convert``.
+
+    Args:
+        boxes: ``Tensor[..., 4]`` in ``in_fmt``.
+        in_fmt: format of ``boxes``.
+        out_fmt: format to return.
+
+    Returns:
+        ``Tensor[..., 4]`` in ``out_fmt`` (a copy, also when the formats are equal).
+    """
+    for name, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
+        if fmt not in BOX_FORMATS:
+            raise ValueError(f"box_convert: {name} must be one of {BOX_FORMATS}, got {fmt!r}")
+    check_boxes("box_convert", "boxes", boxes, fmt=in_fmt, batched=True)
+    if in_fmt == out_fmt:
+        return boxes.clone()
+    return _from_xyxy(_to_xyxy(boxes, in_fmt), out_fmt)
+
+
+def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Clip boxes so that they lie inside an image of ``size = (height, width)``.
+
+    Args:
+        boxes: ``Tensor[..., 4]`` in ``(x1, y1, x2, y2)``.
+        size: ``(height, width)`` of the image.
+
+    Returns:
+        ``Tensor[..., 4]``, x clamped to ``[0, width]`` and y to ``[0, height]``.
+    """
+    check_boxes("clip_boxes_to_image", "boxes", boxes, batched=True)
+    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+        raise TypeError(f"clip_boxes_to_image: size must be (height, width), got {size!r}")
+    height, width = size
+    x = boxes[..., 0::2].clamp(min=0, max=width)
+    y = boxes[..., 1::2].clamp(min=0, max=height)
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
+
+
+def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
+    """Indices of the boxes whose width and height are both at least ``min_size``.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``.
+        min_size: smallest width and height to keep, in pixels.
+
+    Returns:
+        ``Tensor[K]`` (int64) of kept indices, in increasing order.
+    """
+    check_boxes("remove_small_boxes", "boxes", boxes)
+    widths = boxes[:, 2] - boxes[:, 0]
+    heights = boxes[:, 3] - boxes[:, 1]
+    keep = (widths >= min_size) & (heights >= min_size)
+    return torch.where(keep)[0]
