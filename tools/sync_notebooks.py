@@ -1,0 +1,135 @@
+"""Keep every chapter's Colab badge and bootstrap cell in step with the repository URL.
+
+The URL lives in one place, ``repository.url`` in ``_config.yml`` (the book's launch buttons read
+it too). This script renders the first two cells of each chapter from it:
+
+* a markdown cell tagged ``colab-badge`` with an "Open in Colab" link to the chapter;
+* a code cell tagged ``bootstrap`` that installs detlib when it is not importable (a fresh Colab
+  runtime) from ``DETLIB_SOURCE`` (default: the repository), never reinstalling PyTorch, and then
+  picks the device once for the chapter.
+
+Usage: ``python tools/sync_notebooks.py [--check] chapters/*.ipynb``. With ``--check`` nothing is
+written and the exit status says whether every chapter is in step (tests/test_book.py uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BADGE_TAG = "colab-badge"
+BOOTSTRAP_TAG = "bootstrap"
+
+BOOTSTRAP_TEMPLATE = '''\
+# Set-up. On a fresh runtime (Google Colab) this installs detlib from the book's repository and
+# keeps the runtime's own PyTorch; locally, `make book` has installed it already. Set the
+# environment variable DETLIB_SOURCE to install from elsewhere (a local checkout, a fork).
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+
+DETLIB_SOURCE = os.environ.get("DETLIB_SOURCE", "git+{url}.git@{branch}")
+if importlib.util.find_spec("torch") is None:
+    raise RuntimeError("This notebook needs PyTorch: see https://pytorch.org/get-started/locally/")
+if importlib.util.find_spec("detlib") is None:
+    needed = [name for name in ("numpy", "matplotlib", "ipywidgets") if importlib.util.find_spec(name) is None]
+    pip = [sys.executable, "-m", "pip", "install", "--quiet"]
+    if needed:
+        subprocess.run(pip + needed, check=True)
+    subprocess.run(pip + ["--no-deps", DETLIB_SOURCE], check=True)  # --no-deps: torch stays as it is
+    importlib.invalidate_caches()
+
+import torch
+
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+print(f"PyTorch {{torch.__version__}}, running on {{device}}")'''
+
+BADGE_TEMPLATE = (
+    "[![Open In Colab](../book/_static/colab-badge.svg)]"
+    "(https://colab.research.google.com/github/{repo}/blob/{branch}/chapters/{name})"
+)
+
+
+def repository(config_path: Path = ROOT / "_config.yml") -> tuple[str, str]:
+    """The repository URL (without a trailing ``.git`` or slash) and branch from ``_config.yml``."""
+    config = yaml.safe_load(config_path.read_text())
+    repo = config["repository"]
+    url = repo["url"].rstrip("/")
+    url = url[: -len(".git")] if url.endswith(".git") else url
+    return url, repo.get("branch", "main")
+
+
+def expected_cells(notebook_path: Path, url: str, branch: str) -> tuple[str, str]:
+    """The badge markdown and the bootstrap code a chapter must start with."""
+    github_repo = url.split("github.com/", 1)[1]
+    badge = BADGE_TEMPLATE.format(repo=github_repo, branch=branch, name=notebook_path.name)
+    return badge, BOOTSTRAP_TEMPLATE.format(url=url, branch=branch)
+
+
+def _tagged(nb: nbformat.NotebookNode, tag: str) -> list[nbformat.NotebookNode]:
+    return [cell for cell in nb.cells if tag in cell.get("metadata", {}).get("tags", [])]
+
+
+def problems(notebook_path: Path, url: str, branch: str) -> list[str]:
+    """What is out of step in one chapter (empty when all is well)."""
+    nb = nbformat.read(notebook_path, as_version=4)
+    badge, bootstrap = expected_cells(notebook_path, url, branch)
+    found = []
+    badges, bootstraps = _tagged(nb, BADGE_TAG), _tagged(nb, BOOTSTRAP_TAG)
+    if len(badges) != 1 or nb.cells[0] is not badges[0] or badges[0].source != badge:
+        found.append(f"{notebook_path.name}: the first cell must be the Colab badge for {url}")
+    first_code = next((cell for cell in nb.cells if cell.cell_type == "code"), None)
+    if len(bootstraps) != 1 or first_code is not bootstraps[0] or bootstraps[0].source != bootstrap:
+        found.append(f"{notebook_path.name}: the first code cell must be the bootstrap cell for {url}")
+    if nb.metadata.get("accelerator") != "GPU":
+        found.append(f"{notebook_path.name}: metadata.accelerator must be 'GPU' (Colab opens it on a GPU)")
+    return found
+
+
+def sync(notebook_path: Path, url: str, branch: str) -> bool:
+    """Rewrite the badge and bootstrap cells of one chapter; returns whether anything changed."""
+    nb = nbformat.read(notebook_path, as_version=4)
+    before = nbformat.writes(nb)
+    badge, bootstrap = expected_cells(notebook_path, url, branch)
+    badges, bootstraps = _tagged(nb, BADGE_TAG), _tagged(nb, BOOTSTRAP_TAG)
+    if badges:
+        badges[0].source = badge
+    else:
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(badge, metadata={"tags": [BADGE_TAG]}))
+    if bootstraps:
+        bootstraps[0].source = bootstrap
+    else:
+        cell = nbformat.v4.new_code_cell(bootstrap, metadata={"tags": [BOOTSTRAP_TAG, "nbval-ignore-output"]})
+        nb.cells.insert(1, cell)
+    nb.metadata["accelerator"] = "GPU"
+    nb.metadata.setdefault("colab", {})["provenance"] = []
+    after = nbformat.writes(nb)
+    if after != before:
+        nbformat.write(nb, notebook_path)
+    return after != before
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="report, do not write")
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    url, branch = repository()
+    if args.check:
+        found = [p for path in args.notebooks for p in problems(path, url, branch)]
+        print("\n".join(found) or f"all {len(args.notebooks)} chapter(s) in step with {url}")
+        return 1 if found else 0
+    for path in args.notebooks:
+        print(f"{path}: {'updated' if sync(path, url, branch) else 'already in step'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
