@@ -9,7 +9,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed-stamp
 CHAPTERS := $(sort $(wildcard chapters/*.ipynb))
 
-.PHONY: setup book test test-unit test-notebooks test-book bench notebooks sync lint clean
+.PHONY: setup vendor book test test-unit test-notebooks test-book bench notebooks sync lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@echo "==> [setup] creating $(VENV) (if missing) and installing requirements.txt + detlib (editable)"
@@ -21,7 +21,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-book: setup
+vendor: setup
+	@$(PY) tools/fetch_vendor.py
+
+book: setup vendor
 	@echo "==> [book] building the HTML book from the committed notebook outputs"
 	$(BIN)/jupyter-book build . --keep-going
 	@echo "==> [book] done: open _build/html/index.html"
@@ -37,7 +40,7 @@ test-notebooks: setup
 	@echo "==> [test] nbval: re-running every chapter and comparing with its committed outputs"
 	$(BIN)/pytest -q --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $(CHAPTERS)
 
-test-book: setup
+test-book: setup vendor
 	@echo "==> [test] building the book with warnings as errors"
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "==> [test] book built: _build/html/index.html"

@@ -261,9 +261,12 @@ class AnchorGenerator:
         dtype: torch.dtype = torch.float32,
     ) -> list[Tensor]:
         """Anchors of each level separately: a list of ``Tensor[H_l * W_l * A_l, 4]``."""
+        return [anchors.to(dtype) for anchors in self._levels(image_size, device)]
+
+    def _levels(self, image_size: tuple[int, int], device: torch.device | str | None) -> list[Tensor]:
         grids = self.grid_sizes(image_size)
         device = torch.device(device) if device is not None else torch.device("cpu")
-        return [self._level_anchors(level, grid, device).to(dtype) for level, grid in enumerate(grids)]
+        return [self._level_anchors(level, grid, device) for level, grid in enumerate(grids)]
 
     def __call__(
         self,
@@ -284,7 +287,7 @@ class AnchorGenerator:
         """
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"AnchorGenerator: dtype must be a floating torch.dtype, got {dtype!r}")
-        return torch.cat(self.per_level(image_size, device, dtype), dim=0)
+        return torch.cat(self._levels(image_size, device), dim=0).to(dtype)  # one cast, at the end
 
     def __repr__(self) -> str:
         ratios = self.shapes if self.shapes is not None else self.aspect_ratios[0]

@@ -1,9 +1,16 @@
-"""Interactive explorers for the chapters (ipywidgets, computed by detlib in the kernel)."""
+"""Interactive explorers for the chapters.
+
+* :class:`AnchorExplorer` computes and draws in the browser (anywidget): it works in Jupyter,
+  Colab, VS Code and in the static HTML book, where no kernel runs.
+* :func:`anchor_explorer` is the kernel-backed version (ipywidgets + matplotlib), in which detlib
+  itself computes every redraw.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -58,13 +65,14 @@ def coverage_summary(
     generator: AnchorGenerator, image_size: tuple[int, int], boxes: torch.Tensor, threshold: float = 0.5
 ) -> CoverageSummary:
     """Anchor count and coverage of ``boxes`` (``[G, 4]``) by the generator's anchors."""
-    per_level = generator.per_level(image_size, device=boxes.device)
+    dtype = boxes.dtype if boxes.is_floating_point() else torch.float32
+    per_level = generator.per_level(image_size, device=boxes.device, dtype=dtype)
     best = best_anchor_iou(boxes, torch.cat(per_level))
     return CoverageSummary(
         num_anchors=sum(len(a) for a in per_level),
         anchors_per_level=tuple(len(a) for a in per_level),
-        coverage=float((best >= threshold).float().mean()) if len(best) else 0.0,
-        mean_best_iou=float(best.mean()) if len(best) else 0.0,
+        coverage=int((best >= threshold).sum()) / len(best) if len(best) else 0.0,
+        mean_best_iou=float(best.double().mean()) if len(best) else 0.0,
         threshold=threshold,
     )
 
@@ -128,3 +136,86 @@ def anchor_explorer(num_boxes: int = 300, seed: int = 0, device: torch.device | 
     redraw()
     controls = widgets.HBox([widgets.VBox([size_factor, levels, shown, scales, image]), ratios])
     return widgets.VBox([controls, report, canvas])
+
+
+_STATIC = Path(__file__).parent / "static"
+EXPLORER_REFERENCE_SIZE = 1024  # the explorer's boxes are drawn at this size, stored as fractions
+
+
+def explorer_boxes(num_boxes: int = 300, seed: int = 0) -> torch.Tensor:
+    """The explorer's random boxes as fractions of the image side, ``[num_boxes, 4]`` (float64).
+
+    Sizes from 8 to 512 pixels on a 1024-pixel image (1/128 to 1/2 of the side), aspect ratios up
+    to 4:1; multiplied by the image size they give the boxes whose coverage the explorer reports.
+    """
+    size = EXPLORER_REFERENCE_SIZE
+    boxes = sample_boxes(num_boxes, (size, size), min_size=8, max_size=size / 2,
+                         generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return boxes / size
+
+
+def octave_scale_table(max_scales: int = 4) -> dict[str, list[float]]:
+    """``{"n": [2**(k/n) for k < n]}``: the octave scales, computed once by Python for the browser."""
+    return {str(n): [2 ** (k / n) for k in range(n)] for n in range(1, max_scales + 1)}
+
+
+def _anywidget_base():
+    try:
+        import anywidget
+    except ImportError as error:  # pragma: no cover - anywidget is in requirements.txt
+        raise ImportError("AnchorExplorer needs anywidget: pip install anywidget") from error
+    return anywidget.AnyWidget
+
+
+def _make_anchor_explorer_class():
+    import traitlets
+
+    class AnchorExplorer(_anywidget_base()):
+        """Anchor-pyramid explorer that computes and draws in the browser.
+
+        The same settings as :func:`pyramid_from_settings`; the browser computes the anchors with
+        detlib's arithmetic (checked bit for bit by the tests) and reports the anchor count and
+        the coverage of :func:`explorer_boxes` scaled to the image. Display it as the last
+        expression of a cell; :meth:`generator` and :meth:`summary` give the same results in
+        Python for the current settings.
+        """
+
+        _esm = _STATIC / "anchor_explorer.js"
+        _css = _STATIC / "anchor_explorer.css"
+        size_factor = traitlets.Float(4.0).tag(sync=True)
+        level_low = traitlets.Int(3).tag(sync=True)
+        level_high = traitlets.Int(7).tag(sync=True)
+        shown_level = traitlets.Int(5).tag(sync=True)
+        ratios = traitlets.List(traitlets.Float(), default_value=[0.5, 1.0, 2.0]).tag(sync=True)
+        scales_per_octave = traitlets.Int(3).tag(sync=True)
+        image_size = traitlets.Int(512).tag(sync=True)
+        boxes = traitlets.List().tag(sync=True)
+        scale_table = traitlets.Dict().tag(sync=True)
+
+        def __init__(self, num_boxes: int = 300, seed: int = 0, **settings):
+            super().__init__(**settings)
+            self.boxes = explorer_boxes(num_boxes, seed).tolist()
+            self.scale_table = octave_scale_table()
+
+        def generator(self) -> AnchorGenerator:
+            """detlib's generator for the current settings."""
+            return pyramid_from_settings(
+                self.size_factor, (self.level_low, self.level_high), self.ratios, self.scales_per_octave
+            )
+
+        def summary(self) -> CoverageSummary:
+            """What the browser reports, computed by detlib in the kernel."""
+            size = (self.image_size, self.image_size)
+            boxes = torch.tensor(self.boxes, dtype=torch.float64) * self.image_size
+            return coverage_summary(self.generator(), size, boxes)
+
+    return AnchorExplorer
+
+
+def __getattr__(name: str):
+    # Built on first use, so that importing detlib does not import anywidget.
+    if name == "AnchorExplorer":
+        cls = _make_anchor_explorer_class()
+        globals()["AnchorExplorer"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

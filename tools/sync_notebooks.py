@@ -1,12 +1,13 @@
 """Keep every chapter's Colab badge and bootstrap cell in step with the repository URL.
 
 The URL lives in one place, ``repository.url`` in ``_config.yml`` (the book's launch buttons read
-it too). This script renders the first two cells of each chapter from it:
+it too). A chapter opens with its title (a markdown cell starting with ``# ``); this script renders
+the two cells that follow it from the URL:
 
 * a markdown cell tagged ``colab-badge`` with an "Open in Colab" link to the chapter;
-* a code cell tagged ``bootstrap`` that installs detlib when it is not importable (a fresh Colab
-  runtime) from ``DETLIB_SOURCE`` (default: the repository), never reinstalling PyTorch, and then
-  picks the device once for the chapter.
+* a code cell tagged ``bootstrap`` (collapsed in the HTML book) that installs detlib when it is
+  not importable (a fresh Colab runtime) from ``DETLIB_SOURCE`` (default: the repository), never
+  reinstalling PyTorch, and then picks the device once for the chapter.
 
 Usage: ``python tools/sync_notebooks.py [--check] chapters/*.ipynb``. With ``--check`` nothing is
 written and the exit status says whether every chapter is in step (tests/test_book.py uses it).
@@ -39,7 +40,7 @@ DETLIB_SOURCE = os.environ.get("DETLIB_SOURCE", "git+{url}.git@{branch}")
 if importlib.util.find_spec("torch") is None:
     raise RuntimeError("This notebook needs PyTorch: see https://pytorch.org/get-started/locally/")
 if importlib.util.find_spec("detlib") is None:
-    needed = [name for name in ("numpy", "matplotlib", "ipywidgets") if importlib.util.find_spec(name) is None]
+    needed = [name for name in ("numpy", "matplotlib", "ipywidgets", "anywidget") if importlib.util.find_spec(name) is None]
     pip = [sys.executable, "-m", "pip", "install", "--quiet"]
     if needed:
         subprocess.run(pip + needed, check=True)
@@ -81,20 +82,24 @@ def problems(notebook_path: Path, url: str, branch: str) -> list[str]:
     """What is out of step in one chapter (empty when all is well)."""
     nb = nbformat.read(notebook_path, as_version=4)
     badge, bootstrap = expected_cells(notebook_path, url, branch)
+    name = notebook_path.name
     found = []
-    badges, bootstraps = _tagged(nb, BADGE_TAG), _tagged(nb, BOOTSTRAP_TAG)
-    if len(badges) != 1 or nb.cells[0] is not badges[0] or badges[0].source != badge:
-        found.append(f"{notebook_path.name}: the first cell must be the Colab badge for {url}")
+    cells = nb.cells + [nbformat.v4.new_raw_cell()] * 3  # so that short notebooks index safely
+    if cells[0].cell_type != "markdown" or not cells[0].source.startswith("# "):
+        found.append(f"{name}: the first cell must be the chapter's title ('# ...')")
+    if BADGE_TAG not in cells[1].get("metadata", {}).get("tags", []) or cells[1].source != badge:
+        found.append(f"{name}: the second cell must be the Colab badge for {url}")
     first_code = next((cell for cell in nb.cells if cell.cell_type == "code"), None)
-    if len(bootstraps) != 1 or first_code is not bootstraps[0] or bootstraps[0].source != bootstrap:
-        found.append(f"{notebook_path.name}: the first code cell must be the bootstrap cell for {url}")
+    if first_code is not cells[2] or BOOTSTRAP_TAG not in cells[2].metadata.get("tags", []) or cells[2].source != bootstrap:
+        found.append(f"{name}: the third cell, and first code cell, must be the bootstrap cell for {url}")
     if nb.metadata.get("accelerator") != "GPU":
-        found.append(f"{notebook_path.name}: metadata.accelerator must be 'GPU' (Colab opens it on a GPU)")
+        found.append(f"{name}: metadata.accelerator must be 'GPU' (Colab opens it on a GPU)")
     return found
 
 
 def sync(notebook_path: Path, url: str, branch: str) -> bool:
-    """Rewrite the badge and bootstrap cells of one chapter; returns whether anything changed."""
+    """Rewrite (or insert) the badge and bootstrap cells of one chapter; returns whether anything
+    changed. The chapter must already start with its title cell."""
     nb = nbformat.read(notebook_path, as_version=4)
     before = nbformat.writes(nb)
     badge, bootstrap = expected_cells(notebook_path, url, branch)
@@ -102,12 +107,12 @@ def sync(notebook_path: Path, url: str, branch: str) -> bool:
     if badges:
         badges[0].source = badge
     else:
-        nb.cells.insert(0, nbformat.v4.new_markdown_cell(badge, metadata={"tags": [BADGE_TAG]}))
+        nb.cells.insert(1, nbformat.v4.new_markdown_cell(badge, metadata={"tags": [BADGE_TAG]}))
     if bootstraps:
         bootstraps[0].source = bootstrap
     else:
-        cell = nbformat.v4.new_code_cell(bootstrap, metadata={"tags": [BOOTSTRAP_TAG, "nbval-ignore-output"]})
-        nb.cells.insert(1, cell)
+        tags = [BOOTSTRAP_TAG, "hide-input", "nbval-ignore-output"]
+        nb.cells.insert(2, nbformat.v4.new_code_cell(bootstrap, metadata={"tags": tags}))
     nb.metadata["accelerator"] = "GPU"
     nb.metadata.setdefault("colab", {})["provenance"] = []
     after = nbformat.writes(nb)

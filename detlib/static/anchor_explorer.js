@@ -1,0 +1,274 @@
+// The anchor explorer, computed in the browser: it works in Jupyter, Colab, VS Code and in the
+// static HTML book, where there is no kernel. The anchor arithmetic is detlib.AnchorGenerator's,
+// operation for operation in float64 (tests/test_widgets_js.py checks it, bit for bit, under node).
+// The octave scales 2**(k/n) come from Python (`scale_table`): JavaScript's ** can differ from
+// the C library's pow in the last bit.
+
+export const RATIO_CHOICES = [0.25, 1 / 3, 0.5, 1, 2, 3, 4];
+const SVG = "http://www.w3.org/2000/svg";
+
+// ------------------------------------------------------------------ anchor arithmetic
+/** The pyramid levels of the settings: [{level, stride, sizes, ratios}]. */
+export function pyramid(settings, scaleTable) {
+  const scales = scaleTable[String(settings.scales_per_octave)];
+  const levels = [];
+  for (let level = settings.level_low; level <= settings.level_high; level++) {
+    const stride = 2 ** level; // exact for integer powers of two
+    const sizes = scales.map((s) => settings.size_factor * stride * s);
+    levels.push({ level, stride, sizes, ratios: [...settings.ratios] });
+  }
+  return levels;
+}
+
+/** Cell anchors centred on (0, 0), ratio-major: [[x1, y1, x2, y2], ...]. */
+export function cellAnchors(sizes, ratios) {
+  const cells = [];
+  for (const ratio of ratios) {
+    for (const size of sizes) {
+      const width = Math.sqrt((size * size) / ratio); // keeps the area of a size x size square
+      const height = width * ratio;
+      const halfW = width * 0.5;
+      const halfH = height * 0.5;
+      cells.push([-halfW, -halfH, halfW, halfH]);
+    }
+  }
+  return cells;
+}
+
+/** Cells per side of a level's grid: ceil(imageSize / stride). */
+export function gridSize(imageSize, stride) {
+  return Math.ceil(imageSize / stride);
+}
+
+/** Every anchor of one level of a square image, row by row, column by column, anchor by anchor. */
+export function levelAnchors(level, imageSize) {
+  const cells = cellAnchors(level.sizes, level.ratios);
+  const n = gridSize(imageSize, level.stride);
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const cy = (i + 0.5) * level.stride;
+    for (let j = 0; j < n; j++) {
+      const cx = (j + 0.5) * level.stride;
+      for (const [x1, y1, x2, y2] of cells) out.push([cx + x1, cy + y1, cx + x2, cy + y2]);
+    }
+  }
+  return out;
+}
+
+export function countAnchors(levels, imageSize) {
+  return levels.map((l) => gridSize(imageSize, l.stride) ** 2 * l.sizes.length * l.ratios.length);
+}
+
+/** IoU of a box with an anchor, with detlib.box_iou's operations: union = (area + area) - inter. */
+function iou(box, boxArea, ax1, ay1, ax2, ay2) {
+  const w = Math.max(Math.min(box[2], ax2) - Math.max(box[0], ax1), 0);
+  const h = Math.max(Math.min(box[3], ay2) - Math.max(box[1], ay1), 0);
+  const inter = w * h;
+  return inter / (boxArea + (ax2 - ax1) * (ay2 - ay1) - inter);
+}
+
+/** Best IoU of a box over every anchor of the pyramid. Only cells whose anchors can reach the box
+ * are visited: an anchor that does not overlap the box has IoU 0 and cannot change the maximum. */
+export function bestIoU(box, levels, imageSize) {
+  const boxArea = (box[2] - box[0]) * (box[3] - box[1]);
+  let best = 0;
+  for (const level of levels) {
+    const cells = cellAnchors(level.sizes, level.ratios);
+    const reachX = Math.max(...cells.map((c) => c[2]));
+    const reachY = Math.max(...cells.map((c) => c[3]));
+    const n = gridSize(imageSize, level.stride);
+    const s = level.stride;
+    const j0 = Math.max(0, Math.floor((box[0] - reachX) / s - 0.5) - 1);
+    const j1 = Math.min(n - 1, Math.ceil((box[2] + reachX) / s - 0.5) + 1);
+    const i0 = Math.max(0, Math.floor((box[1] - reachY) / s - 0.5) - 1);
+    const i1 = Math.min(n - 1, Math.ceil((box[3] + reachY) / s - 0.5) + 1);
+    for (let i = i0; i <= i1; i++) {
+      const cy = (i + 0.5) * s;
+      for (let j = j0; j <= j1; j++) {
+        const cx = (j + 0.5) * s;
+        for (const [x1, y1, x2, y2] of cells) {
+          const value = iou(box, boxArea, cx + x1, cy + y1, cx + x2, cy + y2);
+          if (value > best) best = value;
+        }
+      }
+    }
+  }
+  return best;
+}
+
+/** Boxes stored as fractions of the image side, scaled to an image of imageSize pixels. */
+export function scaleBoxes(fractions, imageSize) {
+  return fractions.map((b) => b.map((v) => v * imageSize));
+}
+
+export function coverage(boxes, levels, imageSize, threshold = 0.5) {
+  const best = boxes.map((b) => bestIoU(b, levels, imageSize));
+  const covered = best.filter((v) => v >= threshold).length;
+  const mean = best.reduce((a, b) => a + b, 0) / Math.max(best.length, 1);
+  return { best, coverage: boxes.length ? covered / boxes.length : 0, meanBestIoU: mean };
+}
+
+/** The same sentence as detlib.widgets.CoverageSummary.describe(). */
+export function describe(counts, cov, threshold = 0.5) {
+  const total = counts.reduce((a, b) => a + b, 0);
+  const fmt = (n) => n.toLocaleString("en-US");
+  return (
+    `${fmt(total)} anchors (${counts.map(fmt).join(" + ")}); ` +
+    `${(100 * cov.coverage).toFixed(1)}% of the boxes have an anchor with IoU >= ${threshold}, ` +
+    `mean best IoU ${cov.meanBestIoU.toFixed(3)}`
+  );
+}
+
+// ------------------------------------------------------------------ drawing
+function svgElement(name, attributes) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  return element;
+}
+
+function drawScene(svg, model, levels, boxes) {
+  const imageSize = model.get("image_size");
+  const margin = imageSize * 0.12;
+  svg.setAttribute("viewBox", `${-margin} ${-margin} ${imageSize + 2 * margin} ${imageSize + 2 * margin}`);
+  svg.replaceChildren();
+  const stroke = imageSize / 400;
+  const shown = levels.find((l) => l.level === model.get("shown_level")) || levels[levels.length - 1];
+  const n = gridSize(imageSize, shown.stride);
+  const grid = svgElement("g", { stroke: "#d9d9d9", "stroke-width": stroke, class: "grid" });
+  for (let k = 0; k <= n; k++) {
+    const v = Math.min(k * shown.stride, imageSize);
+    grid.append(svgElement("line", { x1: v, y1: 0, x2: v, y2: imageSize }));
+    grid.append(svgElement("line", { x1: 0, y1: v, x2: imageSize, y2: v }));
+  }
+  svg.append(grid);
+  svg.append(svgElement("rect", { x: 0, y: 0, width: imageSize, height: imageSize, fill: "none", stroke: "black", "stroke-width": 2 * stroke }));
+  const grey = svgElement("g", { fill: "none", stroke: "#9a9a9a", "stroke-width": stroke, class: "boxes" });
+  for (const [x1, y1, x2, y2] of boxes.slice(0, 40)) {
+    grey.append(svgElement("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1 }));
+  }
+  svg.append(grey);
+  const centre = (Math.floor(n / 2) + 0.5) * shown.stride;
+  const colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+  const anchors = svgElement("g", { fill: "none", "stroke-width": 2.5 * stroke, class: "anchors" });
+  cellAnchors(shown.sizes, shown.ratios).forEach(([x1, y1, x2, y2], k) => {
+    anchors.append(svgElement("rect", { x: centre + x1, y: centre + y1, width: x2 - x1, height: y2 - y1, stroke: colours[k % colours.length] }));
+  });
+  svg.append(anchors);
+  svg.append(svgElement("circle", { cx: centre, cy: centre, r: 3 * stroke, fill: "#d62728" }));
+  return shown;
+}
+
+// ------------------------------------------------------------------ controls
+function slider(label, name, min, max, step, model, onChange) {
+  const row = document.createElement("label");
+  row.className = "detlib-ae-row";
+  const text = document.createElement("span");
+  text.textContent = label;
+  const input = document.createElement("input");
+  Object.assign(input, { type: "range", min, max, step, value: model.get(name), name });
+  const value = document.createElement("output");
+  value.textContent = model.get(name);
+  input.addEventListener("input", () => {
+    value.textContent = input.value;
+    onChange(name, Number(input.value));
+  });
+  row.append(text, input, value);
+  return { row, input, value };
+}
+
+function setAndSync(model, name, value) {
+  model.set(name, value);
+  try {
+    model.save_changes(); // sends the change to the kernel, when there is one
+  } catch (error) {
+    // The static book has no kernel: the widget keeps working on its own state.
+  }
+}
+
+function render({ model, el }) {
+  const root = document.createElement("div");
+  root.className = "detlib-anchor-explorer";
+  const controls = document.createElement("div");
+  controls.className = "detlib-ae-controls";
+  const report = document.createElement("div");
+  report.className = "detlib-ae-report";
+  const title = document.createElement("div");
+  title.className = "detlib-ae-title";
+  const svg = svgElement("svg", { class: "detlib-ae-canvas", width: "100%", preserveAspectRatio: "xMidYMid meet" });
+
+  const sliders = {};
+  const update = (name, value) => {
+    setAndSync(model, name, value);
+    if (name === "level_low" && value > model.get("level_high")) setAndSync(model, "level_high", value);
+    if (name === "level_high" && value < model.get("level_low")) setAndSync(model, "level_low", value);
+    redraw();
+  };
+  for (const [label, name, min, max, step] of [
+    ["size / stride", "size_factor", 1, 8, 0.5],
+    ["lowest level", "level_low", 2, 7, 1],
+    ["highest level", "level_high", 2, 7, 1],
+    ["level drawn", "shown_level", 2, 7, 1],
+    ["scales per octave", "scales_per_octave", 1, 4, 1],
+    ["image size", "image_size", 128, 1024, 64],
+  ]) {
+    sliders[name] = slider(label, name, min, max, step, model, update);
+    controls.append(sliders[name].row);
+  }
+  const ratioRow = document.createElement("div");
+  ratioRow.className = "detlib-ae-row detlib-ae-ratios";
+  ratioRow.append(Object.assign(document.createElement("span"), { textContent: "ratios h/w" }));
+  for (const ratio of RATIO_CHOICES) {
+    const box = Object.assign(document.createElement("input"), { type: "checkbox", value: ratio });
+    box.checked = model.get("ratios").some((r) => Math.abs(r - ratio) < 1e-9);
+    box.addEventListener("change", () => {
+      const chosen = RATIO_CHOICES.filter((r, k) => ratioRow.querySelectorAll("input")[k].checked);
+      update("ratios", chosen);
+    });
+    const label = document.createElement("label");
+    label.append(box, ` ${Number(ratio.toPrecision(3))}`);
+    ratioRow.append(label);
+  }
+  controls.append(ratioRow);
+
+  function redraw() {
+    for (const [name, s] of Object.entries(sliders)) {
+      s.input.value = model.get(name);
+      s.value.textContent = model.get(name);
+    }
+    const low = model.get("level_low");
+    const high = model.get("level_high");
+    const shownLevel = Math.min(Math.max(model.get("shown_level"), low), high);
+    if (shownLevel !== model.get("shown_level")) setAndSync(model, "shown_level", shownLevel);
+    sliders.shown_level.input.min = low;
+    sliders.shown_level.input.max = high;
+    sliders.shown_level.input.value = shownLevel;
+    sliders.shown_level.value.textContent = shownLevel;
+    if (model.get("ratios").length === 0) {
+      report.textContent = "Select at least one ratio.";
+      return;
+    }
+    const imageSize = model.get("image_size");
+    const levels = pyramid(
+      {
+        size_factor: model.get("size_factor"), level_low: low, level_high: high,
+        ratios: model.get("ratios"), scales_per_octave: model.get("scales_per_octave"),
+      },
+      model.get("scale_table"),
+    );
+    const boxes = scaleBoxes(model.get("boxes"), imageSize);
+    const cov = coverage(boxes, levels, imageSize);
+    report.textContent = describe(countAnchors(levels, imageSize), cov);
+    const shown = drawScene(svg, model, levels, boxes);
+    const perCell = shown.sizes.length * shown.ratios.length;
+    title.textContent = `P${shown.level}: stride ${shown.stride}, ${perCell} anchors per cell (centre cell drawn)`;
+  }
+
+  root.append(controls, report, title, svg);
+  el.append(root);
+  redraw();
+  const external = () => redraw();
+  model.on("change", external);
+  return () => model.off("change", external);
+}
+
+export default { render };
