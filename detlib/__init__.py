@@ -24,6 +24,7 @@ from detlib.boxes import (
 from detlib.coder import BoxCoder
 from detlib.losses import sigmoid_focal_loss, smooth_l1_loss
 from detlib.matching import Matcher
+from detlib.roi import roi_align, roi_pool
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,8 @@ __all__ = [
     "generalized_box_iou",
     "kmeans_anchor_shapes",
     "remove_small_boxes",
+    "roi_align",
+    "roi_pool",
     "set_value_checks",
     "shape_iou",
     "sigmoid_focal_loss",
