@@ -42,7 +42,7 @@ test-notebooks: setup
 
 test-book: setup vendor
 	@echo "==> [test] building the book with warnings as errors"
-	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	$(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "==> [test] book built: _build/html/index.html"
 
 bench: setup

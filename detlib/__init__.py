@@ -24,6 +24,7 @@ from detlib.boxes import (
 from detlib.coder import BoxCoder
 from detlib.losses import sigmoid_focal_loss, smooth_l1_loss
 from detlib.matching import Matcher
+from detlib.nms import batched_nms, nms
 from detlib.roi import roi_align, roi_pool
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "BoxCoder",
     "Matcher",
     "anchors_inside_image",
+    "batched_nms",
     "best_anchor_iou",
     "box_area",
     "box_convert",
@@ -40,6 +42,7 @@ __all__ = [
     "clip_boxes_to_image",
     "generalized_box_iou",
     "kmeans_anchor_shapes",
+    "nms",
     "remove_small_boxes",
     "roi_align",
     "roi_pool",

@@ -1,0 +1,356 @@
+"""Greedy non-maximum suppression (NMS), vectorised, with the results of ``torchvision.ops``.
+
+A detector proposes many boxes around each object. Greedy NMS keeps the best of them:
+
+1. visit the boxes by decreasing score;
+2. keep a box unless it overlaps an already kept box with an IoU strictly above the threshold.
+
+Written as a loop over boxes (chapter 7 starts there) this is slow in Python, and the loop cannot
+simply be replaced by one ``[N, N]`` IoU matrix: for 20,000 boxes that matrix alone is 1.6 GB.
+This module walks the boxes in score order in *blocks* of a few hundred instead:
+
+* the boxes still in the running are never suppressed by a box kept so far (see the last step);
+* inside a block, the greedy decisions are found exactly by a fixed-point iteration on the
+  block's ``[B, B]`` "suppresses" matrix;
+* the boxes kept in the block then remove every later box that they suppress, so the next block
+  again starts from boxes that nothing kept has suppressed.
+
+Each block costs a few small host synchronisations (to pick out the kept and the surviving
+boxes, and one per round of the fixed-point iteration), never one per box. IoUs are computed
+for at most about four million pairs at a time, whatever the number of boxes. With categories
+(:func:`batched_nms`) the boxes are visited category by category, so that a block's kept boxes
+only need to be compared with the later boxes of their own category.
+
+Parity with torchvision, down to the last bit:
+
+* Boxes are visited by decreasing score, and boxes with equal scores by increasing index: a
+  stable sort, as in torchvision's kernels. (A plain ``torch.sort(descending=True)`` is not
+  stable on the CPU beyond 16 elements, so ties would be visited in an arbitrary order.)
+* The IoU is ``inter / (area_i + area_j - inter)`` with ``area = (x2 - x1) * (y2 - y1)``, as in
+  the kernels, so a pair whose IoU lands exactly on the threshold is decided the same way. A pair
+  of zero-area boxes gives ``0 / 0 = NaN``, and NaN is never above the threshold.
+* On the CPU, torchvision compares the IoU with the threshold as a float64 number; its GPU
+  kernels first round the threshold to float32. Both are reproduced.
+  float16 and bfloat16 boxes are handled as in torchvision's CUDA kernel: intersection widths
+  and heights in the input dtype, products and the division in float32. (torchvision's CPU
+  kernel accepts only float32 and float64.)
+* One caveat on CUDA: the compiler may fuse a multiplication and an addition of torchvision's
+  kernel into one step with a single rounding, so an IoU within a rounding error of the threshold
+  can, rarely, be decided differently there. On the CPU the results agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from detlib._checks import (
+    check_boxes,
+    check_floating,
+    check_same_device,
+    check_tensor,
+    value_checks_enabled,
+)
+
+__all__ = ["nms", "batched_nms"]
+
+# Boxes decided together in one step. Larger blocks mean fewer Python-level steps but more wasted
+# work on pairs inside a block whose boxes a previous block has already suppressed.
+_BLOCK_SIZE = 256
+
+# Upper bound on the number of box pairs whose IoU is held in memory at once (16 MB in float32).
+_MAX_PAIRS = 1 << 22
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression.
+
+    Visits the boxes by decreasing score and keeps each one unless its IoU with an already kept
+    box is greater than ``iou_threshold``. Returns the same indices, in the same order, as
+    ``torchvision.ops.nms``.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``, floating point.
+        scores: ``Tensor[N]``, floating point, one score per box, on the same device.
+        iou_threshold: a box is suppressed when its IoU with a kept box is strictly greater than
+            this. Any number but NaN: ``0`` suppresses every overlapping box, ``1`` none.
+
+    Returns:
+        ``Tensor[K]`` (int64) of the indices of the kept boxes, by decreasing score, on the
+        device of ``boxes``.
+    """
+    fn = "nms"
+    boxes, scores = _check_boxes_and_scores(fn, boxes, scores)
+    threshold = _check_iou_threshold(fn, iou_threshold)
+    return _greedy_nms(boxes, scores, None, threshold)
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """Non-maximum suppression within each category: boxes of different categories never
+    suppress each other.
+
+    torchvision either shifts each category's boxes far apart and runs one :func:`nms` (the
+    "coordinate trick") or runs :func:`nms` once per category. The shifted coordinates round
+    differently, which can flip a decision whose IoU is within a rounding error of the threshold.
+    Here the suppression simply ignores pairs of boxes from different categories, which gives
+    exactly the per-category result of :func:`nms` on the original coordinates.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``, floating point.
+        scores: ``Tensor[N]``, floating point, one score per box.
+        idxs: ``Tensor[N]``, integer, the category of each box.
+        iou_threshold: a box is suppressed when its IoU with a kept box of its own category is
+            strictly greater than this. Any number but NaN.
+
+    Returns:
+        ``Tensor[K]`` (int64) of the indices of the kept boxes, by decreasing score, on the
+        device of ``boxes``; equal scores by increasing index.
+    """
+    fn = "batched_nms"
+    boxes, scores = _check_boxes_and_scores(fn, boxes, scores)
+    idxs = _check_categories(fn, idxs, boxes)
+    threshold = _check_iou_threshold(fn, iou_threshold)
+    return _greedy_nms(boxes, scores, idxs, threshold)
+
+
+# --- input checks -------------------------------------------------------------------------------
+
+
+def _check_boxes_and_scores(fn: str, boxes: object, scores: object) -> tuple[Tensor, Tensor]:
+    """``boxes`` ``[N, 4]`` and ``scores`` ``[N]``, both floating point and on one device;
+    returned detached, since NMS has nothing to differentiate."""
+    check_floating(fn, "boxes", check_tensor(fn, "boxes", boxes))
+    check_boxes(fn, "boxes", boxes)
+    check_floating(fn, "scores", check_tensor(fn, "scores", scores))
+    if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"{fn}: scores must have shape [N] with one score per box (N = {boxes.shape[0]}), "
+            f"got {list(scores.shape)}"
+        )
+    check_same_device(fn, boxes=boxes, scores=scores)
+    if value_checks_enabled() and bool(torch.isnan(scores).any()):
+        count = int(torch.isnan(scores).sum())
+        raise ValueError(f"{fn}: scores must not contain NaN, found {count} NaN score(s)")
+    return boxes.detach(), scores.detach()
+
+
+def _check_categories(fn: str, idxs: object, boxes: Tensor) -> Tensor:
+    """``idxs``: one integer category per box, on the device of ``boxes``."""
+    check_tensor(fn, "idxs", idxs)
+    if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
+        raise TypeError(f"{fn}: idxs must have an integer dtype, got {idxs.dtype}")
+    if idxs.dim() != 1 or idxs.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"{fn}: idxs must have shape [N] with one category per box (N = {boxes.shape[0]}), "
+            f"got {list(idxs.shape)}"
+        )
+    check_same_device(fn, boxes=boxes, idxs=idxs)
+    return idxs
+
+
+def _check_iou_threshold(fn: str, iou_threshold: object) -> float:
+    """Any real number but NaN, as a Python float."""
+    if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, bool):
+        raise TypeError(f"{fn}: iou_threshold must be a number, got {type(iou_threshold).__name__}")
+    threshold = float(iou_threshold)
+    if math.isnan(threshold):
+        raise ValueError(f"{fn}: iou_threshold must not be NaN")
+    return threshold
+
+
+# --- the algorithm ------------------------------------------------------------------------------
+
+
+class _Candidates(NamedTuple):
+    """``P`` boxes still in the running, in the order in which greedy NMS visits them."""
+
+    indices: Tensor  # [P] int64: row of each box in the caller's ``boxes``
+    corners: Tensor  # [4, P]: rows x1, y1, x2, y2, each contiguous
+    areas: Tensor  # [P] in the dtype the IoU is computed in
+    labels: Tensor | None  # [P] category of each box, or None when there is one category
+
+    @property
+    def count(self) -> int:
+        return self.indices.shape[0]
+
+    def select(self, rows: Tensor | slice) -> _Candidates:
+        """The candidates at ``rows`` (a slice or an index tensor), in that order."""
+        labels = None if self.labels is None else self.labels[rows]
+        return _Candidates(self.indices[rows], self.corners[:, rows], self.areas[rows], labels)
+
+
+def _greedy_nms(boxes: Tensor, scores: Tensor, labels: Tensor | None, threshold: float) -> Tensor:
+    """Indices ``Tensor[K]`` kept by greedy NMS, visiting ``boxes`` (``[N, 4]``) by decreasing
+    ``scores`` (``[N]``); boxes with different ``labels`` (``[N]`` or None) never interact."""
+    if boxes.shape[0] == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    threshold = _threshold_for(threshold, _iou_dtype(boxes.dtype), boxes.device)
+    candidates = _candidates_in_visiting_order(boxes, scores, labels)
+    kept = []
+    while candidates.count > 0:
+        block = candidates.select(slice(0, _BLOCK_SIZE))
+        candidates = candidates.select(slice(_BLOCK_SIZE, None))
+        block = block.select(_greedy_keep_within(block, threshold).nonzero().squeeze(1))
+        kept.append(block.indices)
+        candidates = _remove_suppressed(candidates, block, threshold)
+    kept = torch.cat(kept)
+    return kept if labels is None else _by_decreasing_score(kept, scores)
+
+
+def _iou_dtype(box_dtype: torch.dtype) -> torch.dtype:
+    """dtype of areas, intersections and IoUs: float32 for 16-bit boxes, else the boxes' own."""
+    return box_dtype if box_dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _threshold_for(threshold: float, iou_dtype: torch.dtype, device: torch.device) -> float:
+    """The number ``t`` for which ``iou > t`` computed by PyTorch in ``iou_dtype`` decides like
+    torchvision's kernel on ``device``.
+
+    PyTorch compares a float32 tensor with a Python number after rounding the number to float32.
+    torchvision's CPU kernel instead compares the float32 IoU with the float64 threshold, so a
+    float32 IoU equal to ``float32(0.1)`` (which is slightly more than 0.1) counts as above 0.1.
+    Rounding the threshold *down* to float32 reproduces that: for a float32 ``x``,
+    ``x > t`` exactly when ``x > round_down(t)``. torchvision's GPU kernels round the threshold to
+    the nearest float32 and compare with that, in every dtype.
+    """
+    as_float32 = torch.tensor(threshold, dtype=torch.float32)
+    if device.type != "cpu":
+        return float(as_float32)
+    if iou_dtype == torch.float64:
+        return threshold
+    if float(as_float32) > threshold:
+        as_float32 = torch.nextafter(as_float32, torch.tensor(-math.inf, dtype=torch.float32))
+    return float(as_float32)
+
+
+def _candidates_in_visiting_order(
+    boxes: Tensor, scores: Tensor, labels: Tensor | None
+) -> _Candidates:
+    """All boxes as candidates: by decreasing score, equal scores by increasing index; with
+    ``labels``, grouped by category first."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    if labels is not None:
+        # Categories never interact, so visiting them one after the other changes no decision,
+        # and then the later boxes of a block's categories are found together (_remove_suppressed).
+        order = order[torch.sort(labels[order], stable=True).indices]
+    corners = boxes[order].T.contiguous()
+    return _Candidates(
+        indices=order,
+        corners=corners,
+        areas=_areas(corners, _iou_dtype(boxes.dtype)),
+        labels=None if labels is None else labels[order],
+    )
+
+
+def _areas(corners: Tensor, iou_dtype: torch.dtype) -> Tensor:
+    """``(x2 - x1) * (y2 - y1)`` of boxes given as ``corners`` ``[4, P]``: ``Tensor[P]``.
+
+    The width is taken after and the height before widening to ``iou_dtype``, which is what
+    torchvision's CUDA kernel does with float16 boxes. For float32 and float64 boxes both ways
+    are the same.
+    """
+    x1, y1, x2, y2 = corners
+    return (x2.to(iou_dtype) - x1.to(iou_dtype)) * (y2 - y1).to(iou_dtype)
+
+
+def _greedy_keep_within(block: _Candidates, threshold: float) -> Tensor:
+    """Which boxes of ``block`` (``B`` boxes in visiting order, none suppressed by an earlier
+    kept box) greedy NMS keeps: ``Tensor[B]`` (bool).
+
+    Greedy NMS keeps box ``j`` exactly when no *kept* earlier box suppresses it. Starting from
+    "keep everything" and applying that rule to all boxes at once, again and again, reaches a
+    fixed point, and that fixed point is the greedy answer: after ``d`` rounds every box whose
+    longest chain of earlier suppressing boxes is shorter than ``d`` has its final value. A chain
+    has at most ``B`` boxes, so ``B + 1`` rounds always suffice; in practice it takes a handful.
+    """
+    # suppresses[i, j] = 1 when box i comes before box j and would suppress it.
+    suppresses = (_pairwise_iou(block, block) > threshold).triu_(diagonal=1).float()
+    keep = torch.ones(block.count, dtype=torch.bool, device=block.indices.device)
+    for _ in range(block.count + 1):
+        # Counting the kept suppressors with a matrix product is faster than a boolean any().
+        next_keep = keep.float() @ suppresses == 0
+        if torch.equal(next_keep, keep):
+            return keep
+        keep = next_keep
+    raise AssertionError("unreachable: the greedy decisions must settle within B + 1 rounds")
+
+
+def _remove_suppressed(candidates: _Candidates, kept: _Candidates, threshold: float) -> _Candidates:
+    """The ``candidates`` that no box of ``kept`` suppresses.
+
+    With categories, boxes are visited category by category, so the candidates that are left
+    belong to the last category of ``kept`` or to later ones: only the kept boxes of that last
+    category can suppress anything, and only the candidates of that category, the first ones.
+    """
+    shared = candidates.count
+    if kept.labels is not None:
+        last_category = kept.labels[-1]
+        kept = kept.select((kept.labels == last_category).nonzero().squeeze(1))
+        shared = int((candidates.labels == last_category).sum())
+    if shared == 0:
+        return candidates
+    suppressed = torch.zeros(candidates.count, dtype=torch.bool, device=candidates.indices.device)
+    suppressed[:shared] = _suppressed_by(kept, candidates.select(slice(0, shared)), threshold)
+    return candidates.select((~suppressed).nonzero().squeeze(1))
+
+
+def _by_decreasing_score(indices: Tensor, scores: Tensor) -> Tensor:
+    """``indices`` (``[K]``) reordered by decreasing score, equal scores by increasing index."""
+    indices = torch.sort(indices).values
+    return indices[torch.sort(scores[indices], descending=True, stable=True).indices]
+
+
+def _suppressed_by(kept: _Candidates, candidates: _Candidates, threshold: float) -> Tensor:
+    """Which ``candidates`` (``P >= 1`` boxes) some box of ``kept`` suppresses: ``Tensor[P]``
+    (bool).
+
+    The candidates are taken in chunks so that at most ``_MAX_PAIRS`` IoUs exist at once.
+    """
+    chunk = max(1, _MAX_PAIRS // kept.count)
+    # A candidate is suppressed when its largest IoU with a kept box is above the threshold.
+    # Reducing first and comparing ``P`` numbers is faster than comparing ``K * P`` of them.
+    largest_iou = [
+        _pairwise_iou(kept, candidates.select(slice(start, start + chunk))).amax(dim=0)
+        for start in range(0, candidates.count, chunk)
+    ]
+    return torch.cat(largest_iou) > threshold
+
+
+def _pairwise_iou(rows: _Candidates, cols: _Candidates) -> Tensor:
+    """IoU of ``rows[i]`` and ``cols[j]``: ``Tensor[R, C]``, with ``-inf`` for the pairs that can
+    never suppress each other.
+
+    Those are the pairs of zero-area boxes, whose IoU ``0 / 0`` is NaN (never above a threshold,
+    but ``amax`` would return it over a real IoU), and pairs from different categories. The IoU is
+    ``inter / (area_i + area_j - inter)``, the formula of torchvision's kernels; in-place
+    operations keep the number of ``[R, C]`` temporaries small.
+    """
+    iou_dtype = rows.areas.dtype
+    x1r, y1r, x2r, y2r = rows.corners[:, :, None]
+    x1c, y1c, x2c, y2c = cols.corners
+    inter = _overlap_length(x1r, x2r, x1c, x2c, iou_dtype)
+    inter *= _overlap_length(y1r, y2r, y1c, y2c, iou_dtype)
+    union = rows.areas[:, None] + cols.areas
+    union -= inter
+    iou = inter.div_(union).nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    if rows.labels is not None:
+        iou.masked_fill_(rows.labels[:, None] != cols.labels, -math.inf)
+    return iou
+
+
+def _overlap_length(
+    low_r: Tensor, high_r: Tensor, low_c: Tensor, high_c: Tensor, iou_dtype: torch.dtype
+) -> Tensor:
+    """Length of the overlap of intervals ``[low_r, high_r]`` (``[R, 1]``) and
+    ``[low_c, high_c]`` (``[C]``): ``Tensor[R, C]``, zero where they are disjoint.
+
+    Computed in the boxes' dtype and only then widened to ``iou_dtype``, as torchvision's CUDA
+    kernel does for float16.
+    """
+    length = torch.minimum(high_r, high_c)
+    length -= torch.maximum(low_r, low_c)
+    return length.clamp_(min=0).to(iou_dtype)
