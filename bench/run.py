@@ -124,7 +124,7 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
         "detlib": lambda: detlib.box_iou(anchors, gt),
         "torchvision": lambda: torchvision.ops.box_iou(anchors, gt),
         "seed": lambda: seeds.iou_double_loop(inside, gt_yxyx),
-    }, floor="<= 1.1x (aim 0.7x); seed >= 50x slower", note="seed: Python double loop (seed 002), on the host"))
+    }, floor="<= 1.1x (aim 0.7x); seed >= 50x slower", note="seed: the Python double loop of seed 002, on the host"))
 
     many, few = random_boxes(100_000, gen).to(device), random_boxes(100, gen).to(device)
     cases.append(Case("box_iou", "100,000 x 100", {
@@ -141,7 +141,7 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
             "detlib": lambda b=boxes, s=scores: detlib.nms(b, s, 0.5),
             "torchvision": lambda b=boxes, s=scores: torchvision.ops.nms(b, s, 0.5),
             "seed": lambda b=boxes_yxyx, s=scores_np: seeds.nms_plus_one(b, s, 0.5),
-        }, floor="<= 3x", note="seed: NumPy loop with the +1 convention (seed 002), on the host"))
+        }, floor="<= 3x", note="seed: the NumPy loop of seed 002 (with its +1 pixel convention), on the host"))
 
     features, rois = roi_inputs(gen)
     features, rois = features.to(device), rois.to(device)
@@ -151,7 +151,7 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
         "detlib": lambda: detlib.roi_pool(features, rois, 7, 1 / 16),
         "torchvision": lambda: torchvision.ops.roi_pool(features, rois, 7, 1 / 16),
         "seed": lambda: seeds.roi_pool_loop(features, first_image_rois, 7, 1 / 16),
-    }, floor="<= 3x", note="seed: one adaptive max pool per RoI in a Python loop (seed 002)"))
+    }, floor="<= 3x", note="seed: one adaptive max pool per RoI in a Python loop (seed 002, image 0 only)"))
     cases.append(Case("roi_align", "512 RoIs, 256 x 50 x 50", {
         "detlib": lambda: detlib.roi_align(features, rois, 7, 1 / 16, sampling_ratio=-1),
         "torchvision": lambda: torchvision.ops.roi_align(features, rois, 7, 1 / 16, sampling_ratio=-1),
@@ -166,7 +166,7 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
         "detlib": lambda: retinanet((512, 512), **on),
         "torchvision": lambda: tv_generator(images, maps),
         "seed": lambda: torch.from_numpy(seeds.retinanet_anchors((512, 512))).to(device),
-    }, note="seed: NumPy on the host, then copied to the device"))
+    }, note="seed: built in NumPy on the host (seed 000), then copied to the device"))
     return cases
 
 
@@ -174,7 +174,12 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def run(device: torch.device, quick: bool) -> dict:
@@ -220,8 +225,8 @@ def markdown(results: list[dict]) -> str:
                 f"| {case['operation']} | {case['size']} | {_ms(s.get('detlib'))} | {_ms(s.get('torchvision'))} "
                 f"| {_ms(s.get('seed'))} | {ratio} | {seed} | {case['floor']} |"
             )
-        notes = sorted({c["note"] for c in result["cases"] if c["note"]})
-        lines += [""] + [f"- {note}" for note in notes] + [""]
+        notes = {c["operation"]: c["note"] for c in result["cases"] if c["note"]}
+        lines += [""] + [f"- {operation}, {note}" for operation, note in notes.items()] + [""]
     return "\n".join(lines)
 
 
@@ -240,12 +245,13 @@ def plot(results: list[dict], path: Path) -> None:
                 labels.append(f"{case['operation']} {case['size']} [{result['device']}]")
                 ratios.append(s["detlib"] / s["torchvision"])
                 colors.append(f"C{k}")
-    ax.barh(range(len(ratios)), ratios, color=colors)
+    bars = ax.barh(range(len(ratios)), ratios, color=colors)
+    ax.bar_label(bars, labels=[f"{r:.2f}x" for r in ratios], padding=3, fontsize=8)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks(range(len(ratios)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("detlib time / torchvision time (log scale; < 1 is faster)")
+    ax.set_xlim(0, max(ratios + [1.0]) * 1.2)
+    ax.set_xlabel("detlib time / torchvision time (below 1: detlib is faster)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
