@@ -9,7 +9,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed-stamp
 CHAPTERS := $(sort $(wildcard chapters/*.ipynb))
 
-.PHONY: setup vendor book test test-unit test-notebooks test-book bench notebooks sync lint clean
+.PHONY: setup vendor book test test-unit test-notebooks test-book test-browser browser-deps bench notebooks sync lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@echo "==> [setup] creating $(VENV) (if missing) and installing requirements.txt + detlib (editable)"
@@ -29,12 +29,12 @@ book: setup vendor
 	$(BIN)/jupyter-book build . --keep-going
 	@echo "==> [book] done: open _build/html/index.html"
 
-test: setup test-unit test-notebooks test-book
-	@echo "==> [test] all passed: unit tests, nbval on $(words $(CHAPTERS)) chapter(s), strict book build"
+test: setup test-unit test-notebooks test-book test-browser
+	@echo "==> [test] all passed: unit tests, nbval on $(words $(CHAPTERS)) chapter(s), strict book build, browser tests"
 
 test-unit: setup
-	@echo "==> [test] unit, property and parity tests (tests/)"
-	$(BIN)/pytest tests -q
+	@echo "==> [test] unit, property, parity and fresh-runtime tests (tests/)"
+	$(BIN)/pytest tests -q --ignore=tests/browser
 
 test-notebooks: setup
 	@echo "==> [test] nbval: re-running every chapter and comparing with its committed outputs"
@@ -44,6 +44,17 @@ test-book: setup vendor
 	@echo "==> [test] building the book with warnings as errors"
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "==> [test] book built: _build/html/index.html"
+
+test-browser: setup browser-deps
+	@echo "==> [test] the built book in Chromium, offline (screenshots in _build/screenshots/)"
+	$(BIN)/pytest tests/browser -q
+
+# Debian's Chromium for the browser tests (Playwright's own browser download is not used).
+browser-deps:
+	@if [ -x "$${CHROMIUM:-/usr/bin/chromium}" ]; then echo "==> [setup] chromium: $${CHROMIUM:-/usr/bin/chromium}"; \
+	elif command -v apt-get >/dev/null; then echo "==> [setup] installing Debian's chromium"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	else echo "No Chromium found: install it and set CHROMIUM=/path/to/chromium"; exit 1; fi
 
 bench: setup
 	@echo "==> [bench] detlib vs torchvision vs the seeds' loops (writes bench/results/ and book/_generated/)"

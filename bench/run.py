@@ -124,7 +124,7 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
         "detlib": lambda: detlib.box_iou(anchors, gt),
         "torchvision": lambda: torchvision.ops.box_iou(anchors, gt),
         "seed": lambda: seeds.iou_double_loop(inside, gt_yxyx),
-    }, floor="<= 1.1x (aim 0.7x); seed >= 50x slower", note="seed: the Python double loop of seed 002, on the host"))
+    }, floor="<= 1.1x (aim 0.7x); seed >= 50x", note="seed: the Python double loop of seed 002, on the host"))
 
     many, few = random_boxes(100_000, gen).to(device), random_boxes(100, gen).to(device)
     cases.append(Case("box_iou", "100,000 x 100", {
@@ -209,7 +209,7 @@ def markdown(results: list[dict]) -> str:
     lines = []
     for result in results:
         lines += [
-            f"### {result['device'].upper()}: {result['device_name']}",
+            f"## {result['device'].upper()}: {result['device_name']}",
             "",
             f"Measured {result['date']} with torch {result['torch']}, torchvision {result['torchvision']}. "
             "Times in milliseconds per call (median).",

@@ -1,0 +1,82 @@
+"""A fresh Colab runtime, simulated: a chapter alone in an empty directory, a kernel without detlib.
+
+The kernel's Python sees the project's packages (torch, torchvision, matplotlib, ipywidgets...)
+through a path file, as Colab's runtime has them preinstalled, but detlib is not importable.
+The chapter's bootstrap cell must install detlib (from this checkout, via DETLIB_SOURCE) into that
+Python, leave torch alone, and the chapter must then run to the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTER = ROOT / "chapters" / "01_anchors.ipynb"
+
+
+def _fresh_runtime(tmp_path: Path) -> Path:
+    """A virtual environment that sees the project's site-packages but not detlib."""
+    runtime = tmp_path / "runtime"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(runtime)], check=True)
+    python = runtime / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    # A plain path line: the directory is searched, but the .pth files inside it are not run, so
+    # the project's editable install of detlib stays invisible, as on a fresh Colab runtime.
+    (Path(purelib) / "preinstalled.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    probe = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('detlib'))"],
+                           capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert probe.stdout.strip() == "None", "detlib must not be importable before the bootstrap"
+    return python
+
+
+def _kernelspec(tmp_path: Path, python: Path) -> Path:
+    kernels = tmp_path / "jupyter" / "kernels" / "fresh-runtime"
+    kernels.mkdir(parents=True)
+    spec = {"argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "fresh runtime", "language": "python"}
+    (kernels / "kernel.json").write_text(json.dumps(spec))
+    return tmp_path / "jupyter"
+
+
+@pytest.mark.slow
+def test_chapter_bootstraps_detlib_in_a_fresh_runtime(tmp_path, monkeypatch):
+    python = _fresh_runtime(tmp_path)
+    workdir = tmp_path / "colab"
+    workdir.mkdir()
+    notebook = workdir / CHAPTER.name
+    shutil.copy(CHAPTER, notebook)  # the chapter alone: no detlib/ next to it
+
+    monkeypatch.setenv("JUPYTER_PATH", str(_kernelspec(tmp_path, python)))
+    monkeypatch.setenv("DETLIB_SOURCE", str(ROOT))
+    monkeypatch.setenv("PIP_NO_BUILD_ISOLATION", "0")  # build with the runtime's setuptools, offline
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # nothing may be downloaded: everything else is there
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+
+    nb = nbformat.read(notebook, as_version=4)
+    client = NotebookClient(nb, timeout=900, kernel_name="fresh-runtime",
+                            resources={"metadata": {"path": str(workdir)}})
+    client.execute()  # raises CellExecutionError on the first failing cell
+
+    check = subprocess.run(
+        [python, "-c", "import detlib, torch; print(detlib.__file__); print(torch.__file__)"],
+        capture_output=True, text=True, check=True, cwd=tmp_path, env={**os.environ},
+    )
+    detlib_file, torch_file = check.stdout.split()
+    runtime_root = str(tmp_path / "runtime")
+    assert detlib_file.startswith(runtime_root), "the bootstrap installed detlib into the runtime"
+    assert not torch_file.startswith(runtime_root), "torch is the runtime's own, never reinstalled"
+    bootstrap_output = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    assert "running on" in bootstrap_output
