@@ -83,9 +83,13 @@ def measure(case: Case, device: torch.device, rounds: int, budget: float) -> Non
 
 
 # ----------------------------------------------------------------------------- inputs
-def random_boxes(n: int, generator: torch.Generator, image: float = 800.0, max_size: float = 200.0) -> torch.Tensor:
+def random_boxes(
+    n: int, generator: torch.Generator, image: float = 800.0, max_size: float = 200.0
+) -> torch.Tensor:
     top_left = torch.rand(n, 2, generator=generator) * image
-    return torch.cat((top_left, top_left + 1 + torch.rand(n, 2, generator=generator) * max_size), dim=1)
+    return torch.cat(
+        (top_left, top_left + 1 + torch.rand(n, 2, generator=generator) * max_size), dim=1
+    )
 
 
 def detector_like_boxes(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,53 +124,102 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
     gt_yxyx = np.array([[20.0, 30.0, 400.0, 500.0], [300.0, 400.0, 500.0, 600.0]], dtype=np.float32)
     anchors = detlib.box_convert(torch.from_numpy(inside).float(), "yxyx", "xyxy").to(device)
     gt = detlib.box_convert(torch.from_numpy(gt_yxyx), "yxyx", "xyxy").to(device)
-    cases.append(Case("box_iou", "8,940 x 2", {
-        "detlib": lambda: detlib.box_iou(anchors, gt),
-        "torchvision": lambda: torchvision.ops.box_iou(anchors, gt),
-        "seed": lambda: seeds.iou_double_loop(inside, gt_yxyx),
-    }, floor="<= 1.1x (aim 0.7x); seed >= 50x", note="seed: the Python double loop of seed 002, on the host"))
+    cases.append(
+        Case(
+            "box_iou",
+            "8,940 x 2",
+            {
+                "detlib": lambda: detlib.box_iou(anchors, gt),
+                "torchvision": lambda: torchvision.ops.box_iou(anchors, gt),
+                "seed": lambda: seeds.iou_double_loop(inside, gt_yxyx),
+            },
+            floor="<= 1.1x (aim 0.7x); seed >= 50x",
+            note="seed: the Python double loop of seed 002, on the host",
+        )
+    )
 
     many, few = random_boxes(100_000, gen).to(device), random_boxes(100, gen).to(device)
-    cases.append(Case("box_iou", "100,000 x 100", {
-        "detlib": lambda: detlib.box_iou(many, few),
-        "torchvision": lambda: torchvision.ops.box_iou(many, few),
-    }, floor="<= 1.1x (aim 0.7x)"))
+    cases.append(
+        Case(
+            "box_iou",
+            "100,000 x 100",
+            {
+                "detlib": lambda: detlib.box_iou(many, few),
+                "torchvision": lambda: torchvision.ops.box_iou(many, few),
+            },
+            floor="<= 1.1x (aim 0.7x)",
+        )
+    )
 
     for n in (1_000, 5_000):
         boxes, scores = detector_like_boxes(n, gen)
         boxes_yxyx = boxes[:, [1, 0, 3, 2]].numpy()
         scores_np = scores.numpy()
         boxes, scores = boxes.to(device), scores.to(device)
-        cases.append(Case("nms", f"{n:,} boxes", {
-            "detlib": lambda b=boxes, s=scores: detlib.nms(b, s, 0.5),
-            "torchvision": lambda b=boxes, s=scores: torchvision.ops.nms(b, s, 0.5),
-            "seed": lambda b=boxes_yxyx, s=scores_np: seeds.nms_plus_one(b, s, 0.5),
-        }, floor="<= 3x", note="seed: the NumPy loop of seed 002 (with its +1 pixel convention), on the host"))
+        cases.append(
+            Case(
+                "nms",
+                f"{n:,} boxes",
+                {
+                    "detlib": lambda b=boxes, s=scores: detlib.nms(b, s, 0.5),
+                    "torchvision": lambda b=boxes, s=scores: torchvision.ops.nms(b, s, 0.5),
+                    "seed": lambda b=boxes_yxyx, s=scores_np: seeds.nms_plus_one(b, s, 0.5),
+                },
+                floor="<= 3x",
+                note="seed: the NumPy loop of seed 002 (with its +1 pixel convention), on the host",
+            )
+        )
 
     features, rois = roi_inputs(gen)
     features, rois = features.to(device), rois.to(device)
     first_image_rois = rois.clone()
     first_image_rois[:, 0] = 0  # the seed's loop only handles batch index 0
-    cases.append(Case("roi_pool", "512 RoIs, 256 x 50 x 50", {
-        "detlib": lambda: detlib.roi_pool(features, rois, 7, 1 / 16),
-        "torchvision": lambda: torchvision.ops.roi_pool(features, rois, 7, 1 / 16),
-        "seed": lambda: seeds.roi_pool_loop(features, first_image_rois, 7, 1 / 16),
-    }, floor="<= 3x", note="seed: one adaptive max pool per RoI in a Python loop (seed 002, image 0 only)"))
-    cases.append(Case("roi_align", "512 RoIs, 256 x 50 x 50", {
-        "detlib": lambda: detlib.roi_align(features, rois, 7, 1 / 16, sampling_ratio=-1),
-        "torchvision": lambda: torchvision.ops.roi_align(features, rois, 7, 1 / 16, sampling_ratio=-1),
-    }, floor="<= 3x"))
+    cases.append(
+        Case(
+            "roi_pool",
+            "512 RoIs, 256 x 50 x 50",
+            {
+                "detlib": lambda: detlib.roi_pool(features, rois, 7, 1 / 16),
+                "torchvision": lambda: torchvision.ops.roi_pool(features, rois, 7, 1 / 16),
+                "seed": lambda: seeds.roi_pool_loop(features, first_image_rois, 7, 1 / 16),
+            },
+            floor="<= 3x",
+            note="seed: one adaptive max pool per RoI in a Python loop (seed 002, image 0 only)",
+        )
+    )
+    cases.append(
+        Case(
+            "roi_align",
+            "512 RoIs, 256 x 50 x 50",
+            {
+                "detlib": lambda: detlib.roi_align(features, rois, 7, 1 / 16, sampling_ratio=-1),
+                "torchvision": lambda: torchvision.ops.roi_align(
+                    features, rois, 7, 1 / 16, sampling_ratio=-1
+                ),
+            },
+            floor="<= 3x",
+        )
+    )
 
     retinanet = detlib.AnchorGenerator.retinanet()
-    tv_sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in [32, 64, 128, 256, 512])
+    tv_sizes = tuple(
+        (x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in [32, 64, 128, 256, 512]
+    )
     tv_generator = TorchvisionAnchorGenerator(tv_sizes, ((0.5, 1.0, 2.0),) * 5)
     images = ImageList(torch.zeros(1, 3, 512, 512, device=device), [(512, 512)])
     maps = [torch.zeros(1, 1, 512 // s, 512 // s, device=device) for s in (8, 16, 32, 64, 128)]
-    cases.append(Case("anchors (RetinaNet)", "512 x 512, 49,104", {
-        "detlib": lambda: retinanet((512, 512), **on),
-        "torchvision": lambda: tv_generator(images, maps),
-        "seed": lambda: torch.from_numpy(seeds.retinanet_anchors((512, 512))).to(device),
-    }, note="seed: built in NumPy on the host (seed 000), then copied to the device"))
+    cases.append(
+        Case(
+            "anchors (RetinaNet)",
+            "512 x 512, 49,104",
+            {
+                "detlib": lambda: retinanet((512, 512), **on),
+                "torchvision": lambda: tv_generator(images, maps),
+                "seed": lambda: torch.from_numpy(seeds.retinanet_anchors((512, 512))).to(device),
+            },
+            note="seed: built in NumPy on the host (seed 000), then copied to the device",
+        )
+    )
     return cases
 
 
@@ -177,7 +230,11 @@ def device_name(device: torch.device) -> str:
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
         model = names[0] if names else model
     return f"{model}, {torch.get_num_threads()} threads"
 
@@ -187,7 +244,9 @@ def run(device: torch.device, quick: bool) -> dict:
     cases = build_cases(device, quick)
     for case in cases:
         measure(case, device, rounds, budget)
-        timings = ", ".join(f"{name} {seconds * 1e3:.3f} ms" for name, seconds in case.seconds.items())
+        timings = ", ".join(
+            f"{name} {seconds * 1e3:.3f} ms" for name, seconds in case.seconds.items()
+        )
         print(f"  [{device.type}] {case.operation:20s} {case.size:24s} {timings}")
     return {
         "device": device.type,
@@ -205,6 +264,10 @@ def _ms(seconds: float | None) -> str:
     return f"{seconds * 1e3:.3g}" if seconds >= 1e-3 else f"{seconds * 1e3:.3f}"
 
 
+def _ratio(value: float) -> str:
+    return f"{value:.1f}x" if value < 10 else f"{value:.0f}x"
+
+
 def markdown(results: list[dict]) -> str:
     lines = []
     for result in results:
@@ -219,8 +282,10 @@ def markdown(results: list[dict]) -> str:
         ]
         for case in result["cases"]:
             s = case["seconds"]
-            ratio = f"{s['detlib'] / s['torchvision']:.2f}x" if "torchvision" in s else "-"
-            seed = f"{s['seed'] / s['detlib']:.0f}x" if "seed" in s else "-"
+            ratio = (
+                f"{s['detlib'] / s['torchvision']:.2f}x" if "torchvision" in s else "-"
+            )  # the floors' ratio
+            seed = _ratio(s["seed"] / s["detlib"]) if "seed" in s else "-"
             lines.append(
                 f"| {case['operation']} | {case['size']} | {_ms(s.get('detlib'))} | {_ms(s.get('torchvision'))} "
                 f"| {_ms(s.get('seed'))} | {ratio} | {seed} | {case['floor']} |"

@@ -68,7 +68,12 @@ def check_floating(fn: str, name: str, value: Tensor) -> Tensor:
 
 
 def check_boxes(
-    fn: str, name: str, boxes: object, fmt: str = "xyxy", batched: bool = False, strict: bool = False
+    fn: str,
+    name: str,
+    boxes: object,
+    fmt: str = "xyxy",
+    batched: bool = False,
+    strict: bool = False,
 ) -> Tensor:
     """Check a box tensor: shape ``[N, 4]`` (``[..., 4]`` if ``batched``) and, when value checks are
     on, finite coordinates with a non-negative extent in the given format (a positive one if
@@ -140,7 +145,9 @@ def _check_box_values(fn: str, name: str, boxes: Tensor, fmt: str, strict: bool)
     size = "zero or negative" if strict else "negative"
     if strict:
         hint += "; boxes used as a reference must have a positive width and height"
-    raise ValueError(f"{fn}: {name} has {count} box(es) of {size} size (first at {where}: {row}); {hint}")
+    raise ValueError(
+        f"{fn}: {name} has {count} box(es) of {size} size (first at {where}: {row}); {hint}"
+    )
 
 
 def check_same_device(fn: str, **tensors: Tensor) -> None:

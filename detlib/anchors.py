@@ -104,20 +104,28 @@ class AnchorGenerator:
             or not strides
             or not all(isinstance(s, numbers.Integral) and s > 0 for s in strides)
         ):
-            raise ValueError(f"{fn}: strides must be a non-empty sequence of positive ints, got {strides!r}")
+            raise ValueError(
+                f"{fn}: strides must be a non-empty sequence of positive ints, got {strides!r}"
+            )
         if order not in CELL_ORDERS:
             raise ValueError(f"{fn}: order must be one of {CELL_ORDERS}, got {order!r}")
         if not 0.0 <= float(offset) <= 1.0:
-            raise ValueError(f"{fn}: offset must be in [0, 1] (a fraction of the stride), got {offset!r}")
+            raise ValueError(
+                f"{fn}: offset must be in [0, 1] (a fraction of the stride), got {offset!r}"
+            )
         self.strides = tuple(int(s) for s in strides)
         self.sizes = _per_level("sizes", sizes, len(self.strides))
         if shapes is not None:
             if not shapes or not all(isinstance(p, Sequence) and len(p) == 2 for p in shapes):
-                raise ValueError(f"{fn}: shapes must be a sequence of (width, height) multipliers, got {shapes!r}")
+                raise ValueError(
+                    f"{fn}: shapes must be a sequence of (width, height) multipliers, got {shapes!r}"
+                )
             for w, h in shapes:
                 check_positive(fn, "shapes", w)
                 check_positive(fn, "shapes", h)
-            self.shapes: tuple[tuple[float, float], ...] | None = tuple((float(w), float(h)) for w, h in shapes)
+            self.shapes: tuple[tuple[float, float], ...] | None = tuple(
+                (float(w), float(h)) for w, h in shapes
+            )
             self.aspect_ratios = [tuple(h / w for w, h in self.shapes)] * len(self.strides)
         else:
             self.shapes = None
@@ -186,7 +194,9 @@ class AnchorGenerator:
         """The anchors of ``torchvision.models.detection.anchor_utils.AnchorGenerator(sizes,
         aspect_ratios)`` for feature maps of the given strides: centres on the cells' top-left
         corners (offset 0) and cell anchors rounded to whole pixels."""
-        return cls(strides=strides, sizes=sizes, aspect_ratios=aspect_ratios, offset=0.0, round_base=True)
+        return cls(
+            strides=strides, sizes=sizes, aspect_ratios=aspect_ratios, offset=0.0, round_base=True
+        )
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -233,7 +243,9 @@ class AnchorGenerator:
             ``(x1, y1, x2, y2)``.
         """
         if not 0 <= level < self.num_levels:
-            raise ValueError(f"AnchorGenerator.cell_anchors: level must be in [0, {self.num_levels}), got {level}")
+            raise ValueError(
+                f"AnchorGenerator.cell_anchors: level must be in [0, {self.num_levels}), got {level}"
+            )
         wh = torch.tensor(self._cell_widths_heights(level), dtype=torch.float64)
         half = wh * 0.5
         base = torch.cat((-half, half), dim=1)
@@ -263,7 +275,9 @@ class AnchorGenerator:
         """Anchors of each level separately: a list of ``Tensor[H_l * W_l * A_l, 4]``."""
         return [anchors.to(dtype) for anchors in self._levels(image_size, device)]
 
-    def _levels(self, image_size: tuple[int, int], device: torch.device | str | None) -> list[Tensor]:
+    def _levels(
+        self, image_size: tuple[int, int], device: torch.device | str | None
+    ) -> list[Tensor]:
         grids = self.grid_sizes(image_size)
         device = torch.device(device) if device is not None else torch.device("cpu")
         return [self._level_anchors(level, grid, device) for level, grid in enumerate(grids)]
@@ -315,7 +329,12 @@ def anchors_inside_image(anchors: Tensor, image_size: tuple[int, int]) -> Tensor
     """
     check_boxes("anchors_inside_image", "anchors", anchors)
     height, width = check_image_size("anchors_inside_image", "image_size", image_size)
-    return (anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] <= width) & (anchors[:, 3] <= height)
+    return (
+        (anchors[:, 0] >= 0)
+        & (anchors[:, 1] >= 0)
+        & (anchors[:, 2] <= width)
+        & (anchors[:, 3] <= height)
+    )
 
 
 def best_anchor_iou(boxes: Tensor, anchors: Tensor, chunk_size: int = 4096) -> Tensor:
@@ -335,7 +354,9 @@ def best_anchor_iou(boxes: Tensor, anchors: Tensor, chunk_size: int = 4096) -> T
     check_boxes("best_anchor_iou", "boxes", boxes)
     check_boxes("best_anchor_iou", "anchors", anchors)
     if anchors.shape[0] == 0:
-        return boxes.new_zeros(boxes.shape[0], dtype=torch.promote_types(boxes.dtype, torch.float32))
+        return boxes.new_zeros(
+            boxes.shape[0], dtype=torch.promote_types(boxes.dtype, torch.float32)
+        )
     parts = [box_iou(part, anchors).amax(dim=1) for part in boxes.split(chunk_size)]
     if not parts:
         return box_iou(boxes, anchors[:1]).amax(dim=1)
@@ -377,7 +398,12 @@ def kmeans_anchor_shapes(
     for _ in range(iterations):
         assignment = shape_iou(sizes, centroids).argmax(dim=1)
         updated = torch.stack(
-            [sizes[assignment == c].median(dim=0).values if bool((assignment == c).any()) else centroids[c] for c in range(k)]
+            [
+                sizes[assignment == c].median(dim=0).values
+                if bool((assignment == c).any())
+                else centroids[c]
+                for c in range(k)
+            ]
         )
         if torch.equal(updated, centroids):
             break
@@ -395,7 +421,9 @@ def shape_iou(sizes1: Tensor, sizes2: Tensor) -> Tensor:
     Returns:
         ``Tensor[N, M]``.
     """
-    inter = torch.minimum(sizes1[:, None, 0], sizes2[:, 0]) * torch.minimum(sizes1[:, None, 1], sizes2[:, 1])
+    inter = torch.minimum(sizes1[:, None, 0], sizes2[:, 0]) * torch.minimum(
+        sizes1[:, None, 1], sizes2[:, 1]
+    )
     area1 = sizes1[:, 0] * sizes1[:, 1]
     area2 = sizes2[:, 0] * sizes2[:, 1]
     return inter / (area1[:, None] + area2 - inter)

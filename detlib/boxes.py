@@ -104,8 +104,12 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     x1a, y1a, x2a, y2a = boxes1.unbind(1)
     x1b, y1b, x2b, y2b = boxes2.unbind(1)
     # The enclosing box spans from the smaller low edge to the larger high edge.
-    enclosing_w = _upcast(torch.maximum(x2a[:, None], x2b) - torch.minimum(x1a[:, None], x1b)).clamp(min=0)
-    enclosing_h = _upcast(torch.maximum(y2a[:, None], y2b) - torch.minimum(y1a[:, None], y1b)).clamp(min=0)
+    enclosing_w = _upcast(
+        torch.maximum(x2a[:, None], x2b) - torch.minimum(x1a[:, None], x1b)
+    ).clamp(min=0)
+    enclosing_h = _upcast(
+        torch.maximum(y2a[:, None], y2b) - torch.minimum(y1a[:, None], y1b)
+    ).clamp(min=0)
     enclosing = enclosing_w * enclosing_h
     return iou - (enclosing - union) / enclosing
 

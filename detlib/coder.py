@@ -50,7 +50,9 @@ class BoxCoder:
         bbox_xform_clip: float = DEFAULT_XFORM_CLIP,
     ) -> None:
         if not isinstance(weights, Sequence) or len(weights) != 4:
-            raise ValueError(f"BoxCoder: weights must be four numbers (wx, wy, ww, wh), got {weights!r}")
+            raise ValueError(
+                f"BoxCoder: weights must be four numbers (wx, wy, ww, wh), got {weights!r}"
+            )
         self.weights = tuple(check_positive("BoxCoder", "weights", w) for w in weights)
         self.bbox_xform_clip = check_positive("BoxCoder", "bbox_xform_clip", bbox_xform_clip)
 
@@ -68,7 +70,9 @@ class BoxCoder:
             ``Tensor[..., N, 4]`` of ``(tx, ty, tw, th)`` in the dtype of ``gt_boxes``.
         """
         fn = "BoxCoder.encode"
-        check_floating(fn, "gt_boxes", check_boxes(fn, "gt_boxes", gt_boxes, batched=True, strict=True))
+        check_floating(
+            fn, "gt_boxes", check_boxes(fn, "gt_boxes", gt_boxes, batched=True, strict=True)
+        )
         check_boxes(fn, "anchors", anchors, strict=True)
         check_same_device(fn, gt_boxes=gt_boxes, anchors=anchors)
         if gt_boxes.dim() < 2 or gt_boxes.shape[-2] != anchors.shape[0]:
@@ -134,5 +138,7 @@ class BoxCoder:
         pred_cy = dy * heights + ctr_y
         half_w = 0.5 * (torch.exp(dw) * widths)
         half_h = 0.5 * (torch.exp(dh) * heights)
-        boxes = torch.stack((pred_cx - half_w, pred_cy - half_h, pred_cx + half_w, pred_cy + half_h), dim=-1)
+        boxes = torch.stack(
+            (pred_cx - half_w, pred_cy - half_h, pred_cx + half_w, pred_cy + half_h), dim=-1
+        )
         return boxes.flatten(-2)  # [..., N, K, 4] -> [..., N, 4K]

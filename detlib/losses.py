@@ -22,7 +22,9 @@ def _check_pair(fn: str, first: str, a: object, second: str, b: object) -> tuple
     b = check_tensor(fn, second, b)
     check_same_device(fn, **{first: a, second: b})
     if a.shape != b.shape:
-        raise ValueError(f"{fn}: {first} and {second} must have the same shape, got {list(a.shape)} and {list(b.shape)}")
+        raise ValueError(
+            f"{fn}: {first} and {second} must have the same shape, got {list(a.shape)} and {list(b.shape)}"
+        )
     return a, b
 
 
@@ -56,7 +58,9 @@ def sigmoid_focal_loss(
     inputs, targets = _check_pair(fn, "inputs", inputs, "targets", targets)
     check_reduction(fn, reduction)
     if alpha > 1:
-        raise ValueError(f"{fn}: alpha must be in [0, 1] (or negative to disable it), got {alpha!r}")
+        raise ValueError(
+            f"{fn}: alpha must be in [0, 1] (or negative to disable it), got {alpha!r}"
+        )
     if gamma < 0:
         raise ValueError(f"{fn}: gamma must be >= 0, got {gamma!r}")
     targets = targets.to(inputs.dtype)
@@ -70,7 +74,9 @@ def sigmoid_focal_loss(
     return _reduce(loss, reduction)
 
 
-def smooth_l1_loss(input: Tensor, target: Tensor, beta: float = 1.0 / 9.0, reduction: str = "none") -> Tensor:
+def smooth_l1_loss(
+    input: Tensor, target: Tensor, beta: float = 1.0 / 9.0, reduction: str = "none"
+) -> Tensor:
     """Smooth L1 (Huber-like) loss of Fast R-CNN, with the transition point ``beta``.
 
     ``0.5 * d**2 / beta`` where ``|d| < beta``, ``|d| - 0.5 * beta`` elsewhere: quadratic near zero

@@ -35,7 +35,9 @@ class Matcher:
     BELOW_LOW_THRESHOLD = -1
     BETWEEN_THRESHOLDS = -2
 
-    def __init__(self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = False):
+    def __init__(
+        self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = False
+    ):
         for name, value in (("high_threshold", high_threshold), ("low_threshold", low_threshold)):
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"Matcher: {name} must be a number in [0, 1], got {value!r}")
@@ -64,25 +66,37 @@ class Matcher:
             ``low_threshold``), or ``-2`` (between the thresholds).
         """
         fn = "Matcher"
-        quality = check_floating(fn, "match_quality_matrix", check_tensor(fn, "match_quality_matrix", match_quality_matrix))
+        quality = check_floating(
+            fn,
+            "match_quality_matrix",
+            check_tensor(fn, "match_quality_matrix", match_quality_matrix),
+        )
         if quality.dim() != 2:
-            raise ValueError(f"{fn}: match_quality_matrix must have shape [G, N], got {list(quality.shape)}")
+            raise ValueError(
+                f"{fn}: match_quality_matrix must have shape [G, N], got {list(quality.shape)}"
+            )
         num_gt, num_anchors = quality.shape
         if num_gt == 0:
-            return torch.full((num_anchors,), self.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=quality.device)
+            return torch.full(
+                (num_anchors,), self.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=quality.device
+            )
         if num_anchors == 0:
             return torch.empty((0,), dtype=torch.int64, device=quality.device)
 
         best_iou, matches = quality.max(dim=0)  # best ground truth of each anchor
         best_matches = matches.clone() if self.allow_low_quality_matches else None
         matches[best_iou < self.low_threshold] = self.BELOW_LOW_THRESHOLD
-        matches[(best_iou >= self.low_threshold) & (best_iou < self.high_threshold)] = self.BETWEEN_THRESHOLDS
+        matches[(best_iou >= self.low_threshold) & (best_iou < self.high_threshold)] = (
+            self.BETWEEN_THRESHOLDS
+        )
         if best_matches is not None:
             self._restore_best_anchor_of_each_gt(matches, best_matches, quality)
         return matches
 
     @staticmethod
-    def _restore_best_anchor_of_each_gt(matches: Tensor, best_matches: Tensor, quality: Tensor) -> None:
+    def _restore_best_anchor_of_each_gt(
+        matches: Tensor, best_matches: Tensor, quality: Tensor
+    ) -> None:
         """Give back their match to the anchors that are some ground truth's best (in place).
 
         The anchor keeps its own best ground truth (not necessarily the one it is best for), as

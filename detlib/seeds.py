@@ -54,7 +54,9 @@ def retinanet_shift(grid_shape: tuple[int, int], stride: int, cells: np.ndarray)
     return (cells[None, :, :] + centres[:, None, :]).reshape(-1, 4)
 
 
-def retinanet_anchors(image_size: tuple[int, int], levels: tuple[int, ...] = (3, 4, 5, 6, 7)) -> np.ndarray:
+def retinanet_anchors(
+    image_size: tuple[int, int], levels: tuple[int, ...] = (3, 4, 5, 6, 7)
+) -> np.ndarray:
     """All RetinaNet seed anchors for an image of ``(height, width)``: ``[N, 4]`` float32.
 
     Grids are ``ceil(size / 2**l)``; everything is float64 until the final cast. The original
@@ -91,7 +93,9 @@ def efficientdet_anchors(image_size: tuple[int, int], anchor_scale: float = 4.0)
             base = anchor_scale * stride * scale
             half_x = base * mult_x / 2.0
             half_y = base * mult_y / 2.0
-            xs, ys = np.meshgrid(np.arange(stride / 2, width, stride), np.arange(stride / 2, height, stride))
+            xs, ys = np.meshgrid(
+                np.arange(stride / 2, width, stride), np.arange(stride / 2, height, stride)
+            )
             xs, ys = xs.reshape(-1), ys.reshape(-1)
             boxes = np.stack((ys - half_y, xs - half_x, ys + half_y, xs + half_x), axis=1)
             per_shape.append(boxes[:, None, :])
@@ -107,10 +111,16 @@ def efficientdet_calc_iou(anchors_yxyx: torch.Tensor, gt_xyxy: torch.Tensor) -> 
     gives wrong overlaps for every non-square anchor. Returns ``[N, G]``.
     """
     area_gt = (gt_xyxy[:, 2] - gt_xyxy[:, 0]) * (gt_xyxy[:, 3] - gt_xyxy[:, 1])
-    iw = torch.min(anchors_yxyx[:, 3, None], gt_xyxy[:, 2]) - torch.max(anchors_yxyx[:, 1, None], gt_xyxy[:, 0])
-    ih = torch.min(anchors_yxyx[:, 2, None], gt_xyxy[:, 3]) - torch.max(anchors_yxyx[:, 0, None], gt_xyxy[:, 1])
+    iw = torch.min(anchors_yxyx[:, 3, None], gt_xyxy[:, 2]) - torch.max(
+        anchors_yxyx[:, 1, None], gt_xyxy[:, 0]
+    )
+    ih = torch.min(anchors_yxyx[:, 2, None], gt_xyxy[:, 3]) - torch.max(
+        anchors_yxyx[:, 0, None], gt_xyxy[:, 1]
+    )
     inter = iw.clamp(min=0) * ih.clamp(min=0)
-    area_anchor = (anchors_yxyx[:, 2] - anchors_yxyx[:, 0]) * (anchors_yxyx[:, 3] - anchors_yxyx[:, 1])
+    area_anchor = (anchors_yxyx[:, 2] - anchors_yxyx[:, 0]) * (
+        anchors_yxyx[:, 3] - anchors_yxyx[:, 1]
+    )
     union = torch.clamp(area_anchor[:, None] + area_gt - inter, min=1e-8)
     return inter / union
 
@@ -145,7 +155,10 @@ def faster_rcnn_anchors(
                     anchors[k] = (cy - h / 2.0, cx - w / 2.0, cy + h / 2.0, cx + w / 2.0)
                     k += 1
     inside = np.where(
-        (anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] <= image_size) & (anchors[:, 3] <= image_size)
+        (anchors[:, 0] >= 0)
+        & (anchors[:, 1] >= 0)
+        & (anchors[:, 2] <= image_size)
+        & (anchors[:, 3] <= image_size)
     )[0]
     return anchors, anchors[inside], inside
 
@@ -194,7 +207,10 @@ def nms_plus_one(boxes_yxyx: np.ndarray, scores: np.ndarray, threshold: float) -
 
 
 def roi_pool_loop(
-    features: torch.Tensor, rois: torch.Tensor, output_size: int = 7, spatial_scale: float = 1.0 / 16
+    features: torch.Tensor,
+    rois: torch.Tensor,
+    output_size: int = 7,
+    spatial_scale: float = 1.0 / 16,
 ) -> torch.Tensor:
     """The Faster R-CNN seed's RoI pooling: one adaptive max pool per RoI, in a Python loop.
 

@@ -43,15 +43,24 @@ def draw_boxes(
     for i, (x1, y1, x2, y2) in enumerate(array):
         ax.add_patch(
             Rectangle(
-                (x1, y1), x2 - x1, y2 - y1, fill=fill, edgecolor=colors[i], facecolor=colors[i] if fill else "none",
-                linewidth=linewidth, linestyle=linestyle, alpha=alpha,
+                (x1, y1),
+                x2 - x1,
+                y2 - y1,
+                fill=fill,
+                edgecolor=colors[i],
+                facecolor=colors[i] if fill else "none",
+                linewidth=linewidth,
+                linestyle=linestyle,
+                alpha=alpha,
             )
         )
         if labels is not None:
             ax.text(x1, y1, labels[i], color=colors[i], fontsize=8, va="bottom")
 
 
-def image_axes(ax: Axes, image_size: tuple[int, int], margin: float = 0.0, title: str | None = None) -> Axes:
+def image_axes(
+    ax: Axes, image_size: tuple[int, int], margin: float = 0.0, title: str | None = None
+) -> Axes:
     """Set up axes in image coordinates: x to the right, y down, equal aspect, image outline.
 
     Args:

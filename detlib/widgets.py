@@ -21,7 +21,10 @@ RATIO_CHOICES = (0.25, 1 / 3, 0.5, 1.0, 2.0, 3.0, 4.0)
 
 
 def pyramid_from_settings(
-    size_factor: float, levels: tuple[int, int], aspect_ratios: Sequence[float], scales_per_octave: int
+    size_factor: float,
+    levels: tuple[int, int],
+    aspect_ratios: Sequence[float],
+    scales_per_octave: int,
 ) -> AnchorGenerator:
     """A RetinaNet-style pyramid from the explorer's settings.
 
@@ -31,9 +34,13 @@ def pyramid_from_settings(
     """
     low, high = levels
     if not 0 <= low <= high:
-        raise ValueError(f"pyramid_from_settings: levels must be (low, high) with 0 <= low <= high, got {levels!r}")
+        raise ValueError(
+            f"pyramid_from_settings: levels must be (low, high) with 0 <= low <= high, got {levels!r}"
+        )
     if scales_per_octave < 1:
-        raise ValueError(f"pyramid_from_settings: scales_per_octave must be >= 1, got {scales_per_octave!r}")
+        raise ValueError(
+            f"pyramid_from_settings: scales_per_octave must be >= 1, got {scales_per_octave!r}"
+        )
     scales = [2 ** (k / scales_per_octave) for k in range(scales_per_octave)]
     level_ids = range(low, high + 1)
     return AnchorGenerator(
@@ -62,7 +69,10 @@ class CoverageSummary:
 
 
 def coverage_summary(
-    generator: AnchorGenerator, image_size: tuple[int, int], boxes: torch.Tensor, threshold: float = 0.5
+    generator: AnchorGenerator,
+    image_size: tuple[int, int],
+    boxes: torch.Tensor,
+    threshold: float = 0.5,
 ) -> CoverageSummary:
     """Anchor count and coverage of ``boxes`` (``[G, 4]``) by the generator's anchors."""
     dtype = boxes.dtype if boxes.is_floating_point() else torch.float32
@@ -95,15 +105,34 @@ def anchor_explorer(num_boxes: int = 300, seed: int = 0, device: torch.device | 
 
     style = {"description_width": "150px"}
     layout = widgets.Layout(width="480px")
-    size_factor = widgets.FloatSlider(value=4.0, min=1.0, max=8.0, step=0.5, description="size / stride", style=style, layout=layout)
-    levels = widgets.IntRangeSlider(value=(3, 7), min=2, max=7, description="levels P_l", style=style, layout=layout)
-    shown = widgets.IntSlider(value=5, min=2, max=7, description="level drawn", style=style, layout=layout)
-    ratios = widgets.SelectMultiple(
-        options=[(f"{r:.3g}", r) for r in RATIO_CHOICES], value=(0.5, 1.0, 2.0), rows=7,
-        description="ratios h/w", style=style,
+    size_factor = widgets.FloatSlider(
+        value=4.0,
+        min=1.0,
+        max=8.0,
+        step=0.5,
+        description="size / stride",
+        style=style,
+        layout=layout,
     )
-    scales = widgets.IntSlider(value=3, min=1, max=4, description="scales per octave", style=style, layout=layout)
-    image = widgets.IntSlider(value=512, min=128, max=1024, step=64, description="image size", style=style, layout=layout)
+    levels = widgets.IntRangeSlider(
+        value=(3, 7), min=2, max=7, description="levels P_l", style=style, layout=layout
+    )
+    shown = widgets.IntSlider(
+        value=5, min=2, max=7, description="level drawn", style=style, layout=layout
+    )
+    ratios = widgets.SelectMultiple(
+        options=[(f"{r:.3g}", r) for r in RATIO_CHOICES],
+        value=(0.5, 1.0, 2.0),
+        rows=7,
+        description="ratios h/w",
+        style=style,
+    )
+    scales = widgets.IntSlider(
+        value=3, min=1, max=4, description="scales per octave", style=style, layout=layout
+    )
+    image = widgets.IntSlider(
+        value=512, min=128, max=1024, step=64, description="image size", style=style, layout=layout
+    )
     report = widgets.HTML()
     canvas = widgets.Output()
 
@@ -113,19 +142,30 @@ def anchor_explorer(num_boxes: int = 300, seed: int = 0, device: torch.device | 
         if not ratios.value:
             report.value = "<b>Select at least one ratio.</b>"
             return
-        generator = pyramid_from_settings(size_factor.value, levels.value, ratios.value, scales.value)
+        generator = pyramid_from_settings(
+            size_factor.value, levels.value, ratios.value, scales.value
+        )
         gen = torch.Generator().manual_seed(seed)
-        boxes = sample_boxes(num_boxes, size, min_size=8, max_size=image.value / 2, generator=gen).to(device or "cpu")
+        boxes = sample_boxes(
+            num_boxes, size, min_size=8, max_size=image.value / 2, generator=gen
+        ).to(device or "cpu")
         summary = coverage_summary(generator, size, boxes)
         report.value = f"<b>{summary.describe()}</b>"
         level = shown.value - levels.value[0]
         stride = generator.strides[level]
         rows, cols = generator.grid_sizes(size)[level]
-        cell = generator.cell_anchors(level) + torch.tensor([(cols // 2 + 0.5) * stride, (rows // 2 + 0.5) * stride] * 2)
+        cell = generator.cell_anchors(level) + torch.tensor(
+            [(cols // 2 + 0.5) * stride, (rows // 2 + 0.5) * stride] * 2
+        )
         with canvas:
             canvas.clear_output(wait=True)
             fig, ax = plt.subplots(figsize=(5, 5))
-            image_axes(ax, size, margin=image.value * 0.25, title=f"P{shown.value}: stride {stride}, {len(cell)} anchors per cell")
+            image_axes(
+                ax,
+                size,
+                margin=image.value * 0.25,
+                title=f"P{shown.value}: stride {stride}, {len(cell)} anchors per cell",
+            )
             draw_grid(ax, size, stride)
             draw_boxes(ax, boxes[:40], color="0.6", linewidth=0.8)
             draw_boxes(ax, cell, color=[f"C{i % 10}" for i in range(len(cell))], linewidth=1.6)
@@ -149,8 +189,14 @@ def explorer_boxes(num_boxes: int = 300, seed: int = 0) -> torch.Tensor:
     to 4:1; multiplied by the image size they give the boxes whose coverage the explorer reports.
     """
     size = EXPLORER_REFERENCE_SIZE
-    boxes = sample_boxes(num_boxes, (size, size), min_size=8, max_size=size / 2,
-                         generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    boxes = sample_boxes(
+        num_boxes,
+        (size, size),
+        min_size=8,
+        max_size=size / 2,
+        generator=torch.Generator().manual_seed(seed),
+        dtype=torch.float64,
+    )
     return boxes / size
 
 
@@ -200,7 +246,10 @@ def _make_anchor_explorer_class():
         def generator(self) -> AnchorGenerator:
             """detlib's generator for the current settings."""
             return pyramid_from_settings(
-                self.size_factor, (self.level_low, self.level_high), self.ratios, self.scales_per_octave
+                self.size_factor,
+                (self.level_low, self.level_high),
+                self.ratios,
+                self.scales_per_octave,
             )
 
         def summary(self) -> CoverageSummary:

@@ -10,8 +10,14 @@ from hypothesis import strategies as st
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
-from detlib import AnchorGenerator, anchors_inside_image, best_anchor_iou, kmeans_anchor_shapes, shape_iou
-from detlib import seeds
+from detlib import (
+    AnchorGenerator,
+    anchors_inside_image,
+    best_anchor_iou,
+    kmeans_anchor_shapes,
+    seeds,
+    shape_iou,
+)
 
 
 # ----------------------------------------------------------------------------- counts and layout
@@ -25,7 +31,9 @@ def test_retinanet_count_on_512():
 def test_faster_rcnn_counts_on_800():
     anchors = AnchorGenerator.faster_rcnn()((800, 800))
     assert anchors.shape == (50 * 50 * 9, 4)
-    assert int(anchors_inside_image(anchors, (800, 800)).sum()) == 8_940  # the figure seed 002 prints
+    assert (
+        int(anchors_inside_image(anchors, (800, 800)).sum()) == 8_940
+    )  # the figure seed 002 prints
 
 
 def test_first_cell_by_hand():
@@ -53,7 +61,9 @@ def test_order_is_level_row_column_anchor():
 
 
 def test_cell_anchor_shapes_follow_ratio_h_over_w():
-    cells = AnchorGenerator(strides=[16], sizes=[[100.0]], aspect_ratios=(0.25, 1.0, 4.0)).cell_anchors(0)
+    cells = AnchorGenerator(
+        strides=[16], sizes=[[100.0]], aspect_ratios=(0.25, 1.0, 4.0)
+    ).cell_anchors(0)
     widths, heights = cells[:, 2] - cells[:, 0], cells[:, 3] - cells[:, 1]
     assert torch.allclose(heights / widths, torch.tensor([0.25, 1.0, 4.0], dtype=torch.float64))
     assert torch.allclose(widths * heights, torch.full((3,), 100.0 * 100.0, dtype=torch.float64))
@@ -68,7 +78,9 @@ def test_grid_sizes_round_up():
 def test_dtype_and_device(dtype):
     anchors = AnchorGenerator.retinanet()((128, 128), device="cpu", dtype=dtype)
     assert anchors.dtype == dtype and anchors.device.type == "cpu"
-    assert torch.equal(anchors, AnchorGenerator.retinanet()((128, 128), dtype=torch.float64).to(dtype))
+    assert torch.equal(
+        anchors, AnchorGenerator.retinanet()((128, 128), dtype=torch.float64).to(dtype)
+    )
 
 
 # ----------------------------------------------------------------------------- the seeds, bit for bit
@@ -111,14 +123,24 @@ def _torchvision_anchors(sizes, aspect_ratios, strides, image, dtype=torch.float
     return generator(images, feature_maps)[0]
 
 
-RETINANET_TV_SIZES = tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in [32, 64, 128, 256, 512])
+RETINANET_TV_SIZES = tuple(
+    (x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in [32, 64, 128, 256, 512]
+)
 
 
 @pytest.mark.parametrize(
     "sizes, aspect_ratios, strides",
     [
-        (RETINANET_TV_SIZES, ((0.5, 1.0, 2.0),) * 5, (8, 16, 32, 64, 128)),  # torchvision's RetinaNet
-        (((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5, (4, 8, 16, 32, 64)),  # its FPN R-CNN
+        (
+            RETINANET_TV_SIZES,
+            ((0.5, 1.0, 2.0),) * 5,
+            (8, 16, 32, 64, 128),
+        ),  # torchvision's RetinaNet
+        (
+            ((32,), (64,), (128,), (256,), (512,)),
+            ((0.5, 1.0, 2.0),) * 5,
+            (4, 8, 16, 32, 64),
+        ),  # its FPN R-CNN
         (((128, 256, 512),), ((0.5, 1.0, 2.0),), (16,)),
         (((33, 45), (71,)), ((0.3, 1.0, 3.3), (0.7,)), (8, 32)),  # odd sizes: .5 ties round to even
     ],
@@ -155,13 +177,17 @@ def test_best_anchor_iou():
 
 
 def test_shape_iou_by_hand():
-    assert shape_iou(torch.tensor([[2.0, 2.0]]), torch.tensor([[1.0, 4.0]])).item() == pytest.approx(2 / 6)
+    assert shape_iou(
+        torch.tensor([[2.0, 2.0]]), torch.tensor([[1.0, 4.0]])
+    ).item() == pytest.approx(2 / 6)
 
 
 def test_kmeans_finds_well_separated_shapes():
     gen = torch.Generator().manual_seed(0)
     centres = torch.tensor([[10.0, 10.0], [40.0, 20.0], [60.0, 120.0]])
-    sizes = (centres[:, None, :] * (1 + 0.05 * torch.randn(3, 200, 2, generator=gen))).reshape(-1, 2)
+    sizes = (centres[:, None, :] * (1 + 0.05 * torch.randn(3, 200, 2, generator=gen))).reshape(
+        -1, 2
+    )
     found = kmeans_anchor_shapes(sizes, 3, generator=torch.Generator().manual_seed(1))
     assert found.shape == (3, 2)
     assert torch.allclose(found, centres, rtol=0.05)
@@ -175,11 +201,17 @@ def test_kmeans_finds_well_separated_shapes():
         (dict(strides=[8, -16], sizes=[32, 64]), "strides must be"),
         (dict(strides=[8, 16], sizes=[32]), "sizes must give one size per level"),
         (dict(strides=[8], sizes=[-32.0]), "sizes must be a finite number > 0"),
-        (dict(strides=[8], sizes=[32], aspect_ratios=(0.5, 0.0)), "aspect_ratios must be a finite number > 0"),
+        (
+            dict(strides=[8], sizes=[32], aspect_ratios=(0.5, 0.0)),
+            "aspect_ratios must be a finite number > 0",
+        ),
         (dict(strides=[8], sizes=[32], order="column_major"), "order must be one of"),
         (dict(strides=[8], sizes=[32], offset=2.0), "offset must be in"),
         (dict(strides=[8], sizes=[32], shapes=[(1.0,)]), "shapes must be a sequence of"),
-        (dict(strides=[8, 16], sizes=[[32], [64]], aspect_ratios=[[1.0]]), "aspect_ratios has 1 levels"),
+        (
+            dict(strides=[8, 16], sizes=[[32], [64]], aspect_ratios=[[1.0]]),
+            "aspect_ratios has 1 levels",
+        ),
     ],
 )
 def test_bad_configuration_raises(kwargs, message):

@@ -41,9 +41,16 @@ def test_badge_and_bootstrap_come_from_the_configured_repository(path):
 
 def test_the_repository_url_lives_in_one_place():
     url, _ = sync_notebooks.repository()
-    sources = [p for p in ROOT.rglob("*") if p.suffix in {".py", ".ipynb", ".md", ".yml", ".toml", ".cfg"}
-               and ".venv" not in p.parts and "_build" not in p.parts]
-    mentions = {p.relative_to(ROOT).as_posix() for p in sources if url in p.read_text(errors="ignore")}
+    sources = [
+        p
+        for p in ROOT.rglob("*")
+        if p.suffix in {".py", ".ipynb", ".md", ".yml", ".toml", ".cfg"}
+        and ".venv" not in p.parts
+        and "_build" not in p.parts
+    ]
+    mentions = {
+        p.relative_to(ROOT).as_posix() for p in sources if url in p.read_text(errors="ignore")
+    }
     # _config.yml holds it; chapters carry the rendered copy that tests above keep in step.
     assert mentions - {f"chapters/{p.name}" for p in CHAPTERS} == {"_config.yml"}
 
@@ -75,18 +82,34 @@ def test_chapter_is_executed_without_unexpected_errors(path):
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_widget_state_is_saved_with_widget_outputs(path):
     nb = nbformat.read(path, as_version=4)
-    views = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
-             for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
-             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    views = [
+        o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    state = (
+        nb.metadata.get("widgets", {})
+        .get("application/vnd.jupyter.widget-state+json", {})
+        .get("state", {})
+    )
     for model_id in views:
-        assert model_id in state, "a widget is shown but its state is not saved: it would vanish from the HTML"
+        assert model_id in state, (
+            "a widget is shown but its state is not saved: it would vanish from the HTML"
+        )
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_no_network_at_run_time(path):
     text = path.read_text()
-    for pattern in (r"pretrained\s*=\s*True", r"weights\s*=\s*[\"'A-Z]", r"download\s*=\s*True", r"urlretrieve", r"requests\.get"):
+    for pattern in (
+        r"pretrained\s*=\s*True",
+        r"weights\s*=\s*[\"'A-Z]",
+        r"download\s*=\s*True",
+        r"urlretrieve",
+        r"requests\.get",
+    ):
         assert not re.search(pattern, text), pattern
 
 

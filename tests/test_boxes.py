@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import detlib
-from detlib import box_area, box_convert, box_iou, clip_boxes_to_image, generalized_box_iou, remove_small_boxes
+from detlib import (
+    box_area,
+    box_convert,
+    box_iou,
+    clip_boxes_to_image,
+    generalized_box_iou,
+    remove_small_boxes,
+)
 from tests.conftest import random_boxes
 
 
@@ -59,7 +66,10 @@ def test_convert_by_hand(fmt, box, xyxy):
 
 def test_clip_and_remove_small_by_hand():
     boxes = torch.tensor([[-5.0, 2.0, 50.0, 30.0], [10.0, 10.0, 11.0, 30.0]])
-    assert clip_boxes_to_image(boxes, (20, 40)).tolist() == [[0.0, 2.0, 40.0, 20.0], [10.0, 10.0, 11.0, 20.0]]
+    assert clip_boxes_to_image(boxes, (20, 40)).tolist() == [
+        [0.0, 2.0, 40.0, 20.0],
+        [10.0, 10.0, 11.0, 20.0],
+    ]
     assert remove_small_boxes(boxes, 2.0).tolist() == [0]
 
 
@@ -102,7 +112,11 @@ def test_convert_round_trip(a, fmt):
 
 # ----------------------------------------------------------------------------- parity with torchvision
 def _equal_nan(a, b):
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(torch.nan_to_num(a, nan=-7.0), torch.nan_to_num(b, nan=-7.0))
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(torch.nan_to_num(a, nan=-7.0), torch.nan_to_num(b, nan=-7.0))
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.int64])
@@ -117,11 +131,19 @@ def test_parity_with_torchvision(gen, dtype):
 
 def test_parity_on_edge_cases():
     boxes = torch.tensor(
-        [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 5.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1e-7, 1e-7], [0.0, 0.0, 4.0, 4.0]]
+        [
+            [0.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 5.0],
+            [1.0, 1.0, 1.0, 1.0],
+            [0.0, 0.0, 1e-7, 1e-7],
+            [0.0, 0.0, 4.0, 4.0],
+        ]
     )
     assert _equal_nan(box_iou(boxes, boxes), tvops.box_iou(boxes, boxes))
     assert _equal_nan(generalized_box_iou(boxes, boxes), tvops.generalized_box_iou(boxes, boxes))
-    assert torch.isnan(box_iou(boxes[:1], boxes[:1])).all()  # zero-area pair: no union, as documented
+    assert torch.isnan(
+        box_iou(boxes[:1], boxes[:1])
+    ).all()  # zero-area pair: no union, as documented
 
 
 def test_parity_on_non_contiguous_input(gen):
@@ -137,12 +159,16 @@ def test_parity_on_non_contiguous_input(gen):
 @pytest.mark.parametrize("out_fmt", ["xyxy", "xywh", "cxcywh"])
 def test_convert_parity(gen, in_fmt, out_fmt):
     boxes = tvops.box_convert(random_boxes(100, gen), "xyxy", in_fmt)
-    assert torch.equal(box_convert(boxes, in_fmt, out_fmt), tvops.box_convert(boxes, in_fmt, out_fmt))
+    assert torch.equal(
+        box_convert(boxes, in_fmt, out_fmt), tvops.box_convert(boxes, in_fmt, out_fmt)
+    )
 
 
 def test_clip_and_remove_small_parity(gen):
     boxes = random_boxes(200, gen, image=600) - 50
-    assert torch.equal(clip_boxes_to_image(boxes, (300, 400)), tvops.clip_boxes_to_image(boxes, (300, 400)))
+    assert torch.equal(
+        clip_boxes_to_image(boxes, (300, 400)), tvops.clip_boxes_to_image(boxes, (300, 400))
+    )
     assert torch.equal(remove_small_boxes(boxes, 40.0), tvops.remove_small_boxes(boxes, 40.0))
 
 
@@ -175,9 +201,17 @@ def test_empty_inputs():
         ([[0.0, 0.0, 1.0, 1.0]], TypeError, "boxes1 must be a torch.Tensor"),
         (torch.zeros(3, 5), ValueError, r"boxes1 must have shape \[N, 4\], got \[3, 5\]"),
         (torch.zeros(4), ValueError, r"boxes1 must have shape \[N, 4\]"),
-        (torch.tensor([[0.0, 0.0, 1.0, math.nan]]), ValueError, "boxes1 has 1 box.* NaN or infinite"),
+        (
+            torch.tensor([[0.0, 0.0, 1.0, math.nan]]),
+            ValueError,
+            "boxes1 has 1 box.* NaN or infinite",
+        ),
         (torch.tensor([[0.0, 0.0, math.inf, 1.0]]), ValueError, "NaN or infinite"),
-        (torch.tensor([[0.0, 0.0, 1.0, 1.0], [5.0, 0.0, 1.0, 4.0]]), ValueError, r"negative size \(first at row 1"),
+        (
+            torch.tensor([[0.0, 0.0, 1.0, 1.0], [5.0, 0.0, 1.0, 4.0]]),
+            ValueError,
+            r"negative size \(first at row 1",
+        ),
     ],
 )
 def test_bad_boxes_raise_naming_the_argument(bad, error, message):

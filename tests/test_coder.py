@@ -28,10 +28,14 @@ def test_variances_are_reciprocal_weights():
     anchors, gt = random_boxes(50, gen, min_size=1), random_boxes(50, gen, min_size=1)
     plain = BoxCoder().encode(gt, anchors)
     variances = torch.tensor([0.1, 0.1, 0.2, 0.2])
-    assert torch.allclose(BoxCoder((10.0, 10.0, 5.0, 5.0)).encode(gt, anchors), plain / variances, atol=1e-5)
+    assert torch.allclose(
+        BoxCoder((10.0, 10.0, 5.0, 5.0)).encode(gt, anchors), plain / variances, atol=1e-5
+    )
 
 
-@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0), (2.0, 3.0, 0.5, 7.0)])
+@pytest.mark.parametrize(
+    "weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0), (2.0, 3.0, 0.5, 7.0)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_parity_with_torchvision(gen, weights, dtype):
     anchors = random_boxes(500, gen, min_size=1, dtype=dtype)
@@ -53,7 +57,10 @@ def test_batched_decode_equals_per_image(gen):
     assert torch.equal(BoxCoder().encode(gt, anchors)[1], BoxCoder().encode(gt[0], anchors))
 
 
-@given(st.integers(min_value=0, max_value=2**31 - 1), st.sampled_from([(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)]))
+@given(
+    st.integers(min_value=0, max_value=2**31 - 1),
+    st.sampled_from([(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)]),
+)
 def test_decode_inverts_encode(seed, weights):
     gen = torch.Generator().manual_seed(seed)
     anchors = random_boxes(64, gen, min_size=2, dtype=torch.float64)
@@ -67,7 +74,9 @@ def test_clip_keeps_exp_finite():
     boxes = BoxCoder().decode(torch.tensor([[0.0, 0.0, 100.0, 100.0]]), anchors)
     assert torch.isfinite(boxes).all()
     assert (boxes[0, 2] - boxes[0, 0]).item() == pytest.approx(1000.0)  # 16 * exp(log(1000 / 16))
-    unclipped = BoxCoder(bbox_xform_clip=1e9).decode(torch.tensor([[0.0, 0.0, 100.0, 100.0]]), anchors)
+    unclipped = BoxCoder(bbox_xform_clip=1e9).decode(
+        torch.tensor([[0.0, 0.0, 100.0, 100.0]]), anchors
+    )
     assert torch.isinf(unclipped).any()
 
 

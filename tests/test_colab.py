@@ -31,13 +31,20 @@ def _fresh_runtime(tmp_path: Path) -> Path:
     python = runtime / "bin" / "python"
     purelib = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     # A plain path line: the directory is searched, but the .pth files inside it are not run, so
     # the project's editable install of detlib stays invisible, as on a fresh Colab runtime.
     (Path(purelib) / "preinstalled.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    probe = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('detlib'))"],
-                           capture_output=True, text=True, check=True, cwd=tmp_path)
+    probe = subprocess.run(
+        [python, "-c", "import importlib.util as u; print(u.find_spec('detlib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
     assert probe.stdout.strip() == "None", "detlib must not be importable before the bootstrap"
     return python
 
@@ -45,8 +52,11 @@ def _fresh_runtime(tmp_path: Path) -> Path:
 def _kernelspec(tmp_path: Path, python: Path) -> Path:
     kernels = tmp_path / "jupyter" / "kernels" / "fresh-runtime"
     kernels.mkdir(parents=True)
-    spec = {"argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "fresh runtime", "language": "python"}
+    spec = {
+        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "fresh runtime",
+        "language": "python",
+    }
     (kernels / "kernel.json").write_text(json.dumps(spec))
     return tmp_path / "jupyter"
 
@@ -61,18 +71,25 @@ def test_chapter_bootstraps_detlib_in_a_fresh_runtime(tmp_path, monkeypatch):
 
     monkeypatch.setenv("JUPYTER_PATH", str(_kernelspec(tmp_path, python)))
     monkeypatch.setenv("DETLIB_SOURCE", str(ROOT))
-    monkeypatch.setenv("PIP_NO_BUILD_ISOLATION", "0")  # build with the runtime's setuptools, offline
+    monkeypatch.setenv(
+        "PIP_NO_BUILD_ISOLATION", "0"
+    )  # build with the runtime's setuptools, offline
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # nothing may be downloaded: everything else is there
     monkeypatch.delenv("PYTHONPATH", raising=False)
 
     nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(nb, timeout=900, kernel_name="fresh-runtime",
-                            resources={"metadata": {"path": str(workdir)}})
+    client = NotebookClient(
+        nb, timeout=900, kernel_name="fresh-runtime", resources={"metadata": {"path": str(workdir)}}
+    )
     client.execute()  # raises CellExecutionError on the first failing cell
 
     check = subprocess.run(
         [python, "-c", "import detlib, torch; print(detlib.__file__); print(torch.__file__)"],
-        capture_output=True, text=True, check=True, cwd=tmp_path, env={**os.environ},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={**os.environ},
     )
     detlib_file, torch_file = check.stdout.split()
     runtime_root = str(tmp_path / "runtime")

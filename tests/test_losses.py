@@ -19,7 +19,10 @@ def test_focal_by_hand():
 def test_focal_with_gamma_zero_and_no_alpha_is_cross_entropy(gen):
     x = torch.randn(50, 7, generator=gen)
     t = (torch.rand(50, 7, generator=gen) < 0.2).float()
-    assert torch.allclose(sigmoid_focal_loss(x, t, alpha=-1, gamma=0), F.binary_cross_entropy_with_logits(x, t, reduction="none"))
+    assert torch.allclose(
+        sigmoid_focal_loss(x, t, alpha=-1, gamma=0),
+        F.binary_cross_entropy_with_logits(x, t, reduction="none"),
+    )
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
@@ -31,13 +34,17 @@ def test_focal_parity_values_and_gradients(gen, reduction, alpha, gamma, dtype):
     ours = sigmoid_focal_loss(x, t, alpha, gamma, reduction)
     theirs = tvops.sigmoid_focal_loss(x, t, alpha, gamma, reduction)
     assert torch.equal(ours, theirs)
-    assert torch.equal(torch.autograd.grad(ours.sum(), x)[0], torch.autograd.grad(theirs.sum(), x)[0])
+    assert torch.equal(
+        torch.autograd.grad(ours.sum(), x)[0], torch.autograd.grad(theirs.sum(), x)[0]
+    )
 
 
 def test_focal_gradcheck(gen):
     x = torch.randn(6, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     t = (torch.rand(6, 3, generator=gen) < 0.5).double()
-    assert torch.autograd.gradcheck(lambda logits: sigmoid_focal_loss(logits, t, reduction="sum"), (x,))
+    assert torch.autograd.gradcheck(
+        lambda logits: sigmoid_focal_loss(logits, t, reduction="sum"), (x,)
+    )
 
 
 def test_focal_is_finite_for_extreme_logits():
@@ -57,12 +64,17 @@ def test_smooth_l1_by_hand():
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_smooth_l1_parity(gen, beta, reduction):
     x, y = torch.randn(40, 4, generator=gen), torch.randn(40, 4, generator=gen)
-    assert torch.equal(smooth_l1_loss(x, y, beta, reduction), F.smooth_l1_loss(x, y, beta=beta, reduction=reduction))
+    assert torch.equal(
+        smooth_l1_loss(x, y, beta, reduction),
+        F.smooth_l1_loss(x, y, beta=beta, reduction=reduction),
+    )
 
 
 def test_errors():
     x = torch.zeros(3)
-    with pytest.raises(ValueError, match=r"inputs and targets must have the same shape, got \[3\] and \[4\]"):
+    with pytest.raises(
+        ValueError, match=r"inputs and targets must have the same shape, got \[3\] and \[4\]"
+    ):
         sigmoid_focal_loss(x, torch.zeros(4))
     with pytest.raises(ValueError, match="reduction must be"):
         sigmoid_focal_loss(x, x, reduction="average")

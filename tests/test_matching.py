@@ -44,12 +44,16 @@ def test_parity_with_torchvision(gen, thresholds, low_quality):
 
 
 def test_empty_inputs():
-    assert Matcher(0.5, 0.4)(torch.zeros(0, 7)).tolist() == [-1] * 7  # no ground truth: all background
+    assert (
+        Matcher(0.5, 0.4)(torch.zeros(0, 7)).tolist() == [-1] * 7
+    )  # no ground truth: all background
     assert Matcher(0.5, 0.4, True)(torch.zeros(3, 0)).shape == (0,)
 
 
 def test_errors():
-    with pytest.raises(ValueError, match=r"low_threshold \(0.6\) must not exceed high_threshold \(0.5\)"):
+    with pytest.raises(
+        ValueError, match=r"low_threshold \(0.6\) must not exceed high_threshold \(0.5\)"
+    ):
         Matcher(0.5, 0.6)
     with pytest.raises(ValueError, match="high_threshold must be a number in"):
         Matcher(1.5, 0.4)

@@ -19,9 +19,13 @@ def test_efficientdet_calc_iou_is_right_only_with_mixed_orders(gen):
     anchors_xyxy = AnchorGenerator.efficientdet()((256, 256))
     anchors_yxyx = box_convert(anchors_xyxy, "xyxy", "yxyx")
     gt = random_boxes(5, gen, image=200, min_size=20)
-    assert torch.allclose(seeds.efficientdet_calc_iou(anchors_yxyx, gt), box_iou(anchors_xyxy, gt), atol=1e-6)
+    assert torch.allclose(
+        seeds.efficientdet_calc_iou(anchors_yxyx, gt), box_iou(anchors_xyxy, gt), atol=1e-6
+    )
     # Given xyxy on both sides (the natural mistake), it computes something else.
-    assert not torch.allclose(seeds.efficientdet_calc_iou(anchors_xyxy, gt), box_iou(anchors_xyxy, gt), atol=1e-3)
+    assert not torch.allclose(
+        seeds.efficientdet_calc_iou(anchors_xyxy, gt), box_iou(anchors_xyxy, gt), atol=1e-3
+    )
 
 
 def test_nms_plus_one_suppresses_more_small_boxes():
@@ -30,7 +34,9 @@ def test_nms_plus_one_suppresses_more_small_boxes():
     scores = np.array([0.9, 0.8])
     boxes_yxyx = boxes_xyxy[:, [1, 0, 3, 2]]
     assert seeds.nms_plus_one(boxes_yxyx, scores, 0.4) == [0]  # suppressed: 0.43 > 0.4
-    assert box_iou(torch.tensor(boxes_xyxy[:1]), torch.tensor(boxes_xyxy[1:])).item() == pytest.approx(1 / 3)
+    assert box_iou(
+        torch.tensor(boxes_xyxy[:1]), torch.tensor(boxes_xyxy[1:])
+    ).item() == pytest.approx(1 / 3)
     assert seeds.nms_plus_one(boxes_yxyx, scores, 0.45) == [0, 1]
 
 
@@ -42,7 +48,9 @@ def test_roi_pool_loop_only_works_for_image_zero():
     expected = torch.nn.functional.adaptive_max_pool2d(features[:1, :, 0:11, 0:11], 2)[0]
     assert torch.equal(out[0], expected)
     with pytest.raises((IndexError, RuntimeError)):
-        seeds.roi_pool_loop(features, torch.tensor([[0.0, 0, 0, 64, 64], [1.0, 0, 0, 64, 64]]), 2, 1 / 16)
+        seeds.roi_pool_loop(
+            features, torch.tensor([[0.0, 0, 0, 64, 64], [1.0, 0, 0, 64, 64]]), 2, 1 / 16
+        )
 
 
 def test_faster_rcnn_anchors_are_column_major_yxyx():

@@ -16,10 +16,18 @@ from detlib.widgets import anchor_explorer, coverage_summary, pyramid_from_setti
 
 
 def test_sample_boxes_lie_inside_the_image_with_the_requested_shapes():
-    boxes = sample_boxes(5000, (300, 200), min_size=8, max_size=64, max_aspect=3.0,
-                         generator=torch.Generator().manual_seed(0))
+    boxes = sample_boxes(
+        5000,
+        (300, 200),
+        min_size=8,
+        max_size=64,
+        max_aspect=3.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    assert bool((boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 200).all() and (boxes[:, 3] <= 300).all())
+    assert bool(
+        (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 200).all() and (boxes[:, 3] <= 300).all()
+    )
     size = (w * h).sqrt()
     assert size.min() >= 8 - 1e-4 and size.max() <= 64 + 1e-4
     assert (h / w).min() >= 1 / 3 - 1e-4 and (h / w).max() <= 3 + 1e-4
@@ -76,7 +84,9 @@ def test_drawing_helpers_add_one_patch_per_box():
     image_axes(ax, (100, 200), margin=10, title="t")
     draw_grid(ax, (100, 200), 50)
     before = len(ax.patches)
-    draw_boxes(ax, torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 50.0, 20.0]]), labels=["a", "b"])
+    draw_boxes(
+        ax, torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 50.0, 20.0]]), labels=["a", "b"]
+    )
     assert len(ax.patches) == before + 2
     assert ax.get_ylim() == (110.0, -10.0)  # y points down
     plt.close(fig)

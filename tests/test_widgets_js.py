@@ -13,16 +13,52 @@ import pytest
 import torch
 
 from detlib import best_anchor_iou
-from detlib.widgets import _STATIC, coverage_summary, explorer_boxes, octave_scale_table, pyramid_from_settings
+from detlib.widgets import (
+    _STATIC,
+    coverage_summary,
+    explorer_boxes,
+    octave_scale_table,
+    pyramid_from_settings,
+)
 
 NODE = shutil.which("node")
-pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed (the book's build needs it too)")
+pytestmark = pytest.mark.skipif(
+    NODE is None, reason="node is not installed (the book's build needs it too)"
+)
 
 SETTINGS = [
-    dict(size_factor=4.0, level_low=3, level_high=7, ratios=[0.5, 1.0, 2.0], scales_per_octave=3, image_size=512),
-    dict(size_factor=2.5, level_low=2, level_high=5, ratios=[1 / 3, 1.0, 4.0], scales_per_octave=4, image_size=320),
-    dict(size_factor=7.0, level_low=4, level_high=4, ratios=[0.25], scales_per_octave=1, image_size=1024),
-    dict(size_factor=1.0, level_low=6, level_high=7, ratios=[3.0, 0.5], scales_per_octave=2, image_size=192),
+    dict(
+        size_factor=4.0,
+        level_low=3,
+        level_high=7,
+        ratios=[0.5, 1.0, 2.0],
+        scales_per_octave=3,
+        image_size=512,
+    ),
+    dict(
+        size_factor=2.5,
+        level_low=2,
+        level_high=5,
+        ratios=[1 / 3, 1.0, 4.0],
+        scales_per_octave=4,
+        image_size=320,
+    ),
+    dict(
+        size_factor=7.0,
+        level_low=4,
+        level_high=4,
+        ratios=[0.25],
+        scales_per_octave=1,
+        image_size=1024,
+    ),
+    dict(
+        size_factor=1.0,
+        level_low=6,
+        level_high=7,
+        ratios=[3.0, 0.5],
+        scales_per_octave=2,
+        image_size=192,
+    ),
 ]
 
 
@@ -45,12 +81,16 @@ def run_module(tmp_path, settings, boxes):
         "process.stdout.write(JSON.stringify(out));\n"
     )
     payload = json.dumps({"settings": settings, "scales": octave_scale_table(), "boxes": boxes})
-    result = subprocess.run([NODE, str(script), payload], capture_output=True, text=True, cwd=tmp_path, check=True)
+    result = subprocess.run(
+        [NODE, str(script), payload], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
     return json.loads(result.stdout)
 
 
 def _generator(s):
-    return pyramid_from_settings(s["size_factor"], (s["level_low"], s["level_high"]), s["ratios"], s["scales_per_octave"])
+    return pyramid_from_settings(
+        s["size_factor"], (s["level_low"], s["level_high"]), s["ratios"], s["scales_per_octave"]
+    )
 
 
 def test_browser_anchors_equal_detlib_bit_for_bit(tmp_path):

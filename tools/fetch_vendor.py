@@ -99,11 +99,15 @@ def download(package: Package) -> Path:
     try:
         result = subprocess.run(
             ["npm", "pack", spec, "--silent", "--pack-destination", str(CACHE)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
-        raise SystemExit(f"fetch_vendor: could not fetch {spec} with npm (is npm installed and the registry reachable?)\n{detail}")
+        raise SystemExit(
+            f"fetch_vendor: could not fetch {spec} with npm (is npm installed and the registry reachable?)\n{detail}"
+        ) from error
     produced = CACHE / result.stdout.strip().splitlines()[-1]
     produced.rename(package.tarball)
     return package.tarball
@@ -114,20 +118,30 @@ def install(package: Package) -> None:
     digest = _sha256(tarball)
     if digest != package.sha256:
         tarball.unlink()
-        raise SystemExit(f"fetch_vendor: {tarball.name} has sha256 {digest}, expected {package.sha256}")
+        raise SystemExit(
+            f"fetch_vendor: {tarball.name} has sha256 {digest}, expected {package.sha256}"
+        )
     with tarfile.open(tarball) as archive:
         for source, destination in package.copy:
             target = VENDOR / destination
             if target.exists():
                 continue
             prefix = f"package/{source}"
-            members = [m for m in archive.getmembers() if m.name == prefix or m.name.startswith(prefix + "/")]
+            members = [
+                m
+                for m in archive.getmembers()
+                if m.name == prefix or m.name.startswith(prefix + "/")
+            ]
             if not members:
                 raise SystemExit(f"fetch_vendor: {source} is not in {tarball.name}")
             for member in members:
                 if not member.isfile() or member.name.endswith(package.exclude):
                     continue
-                out = target / Path(member.name).relative_to(prefix) if member.name != prefix else target
+                out = (
+                    target / Path(member.name).relative_to(prefix)
+                    if member.name != prefix
+                    else target
+                )
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with archive.extractfile(member) as data, open(out, "wb") as handle:
                     shutil.copyfileobj(data, handle)
@@ -140,7 +154,9 @@ def install_python_file(item: PythonPackageFile) -> None:
 
     installed = version(item.module)
     if installed != item.version:
-        raise SystemExit(f"fetch_vendor: {item.module} {installed} is installed, expected {item.version} (make setup)")
+        raise SystemExit(
+            f"fetch_vendor: {item.module} {installed} is installed, expected {item.version} (make setup)"
+        )
     source = Path(find_spec(item.module).origin).parent / item.path
     target = VENDOR / item.destination
     target.parent.mkdir(parents=True, exist_ok=True)

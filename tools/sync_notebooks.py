@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BADGE_TAG = "colab-badge"
 BOOTSTRAP_TAG = "bootstrap"
 
-BOOTSTRAP_TEMPLATE = '''\
+BOOTSTRAP_TEMPLATE = """\
 # Set-up. On a fresh runtime (Google Colab) this installs detlib from the book's repository and
 # keeps the runtime's own PyTorch; locally, `make book` has installed it already. Set the
 # environment variable DETLIB_SOURCE to install from elsewhere (a local checkout, a fork).
@@ -40,7 +40,8 @@ DETLIB_SOURCE = os.environ.get("DETLIB_SOURCE", "git+{url}.git@{branch}")
 if importlib.util.find_spec("torch") is None:
     raise RuntimeError("This notebook needs PyTorch: see https://pytorch.org/get-started/locally/")
 if importlib.util.find_spec("detlib") is None:
-    needed = [name for name in ("numpy", "matplotlib", "ipywidgets", "anywidget") if importlib.util.find_spec(name) is None]
+    needed = [name for name in ("numpy", "matplotlib", "ipywidgets", "anywidget")
+              if importlib.util.find_spec(name) is None]
     pip = [sys.executable, "-m", "pip", "install", "--quiet"]
     if needed:
         subprocess.run(pip + needed, check=True)
@@ -50,7 +51,7 @@ if importlib.util.find_spec("detlib") is None:
 import torch
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-print(f"PyTorch {{torch.__version__}}, running on {{device}}")'''
+print(f"PyTorch {{torch.__version__}}, running on {{device}}")"""
 
 BADGE_TEMPLATE = (
     "[![Open In Colab](../book/_static/colab-badge.svg)]"
@@ -90,8 +91,14 @@ def problems(notebook_path: Path, url: str, branch: str) -> list[str]:
     if BADGE_TAG not in cells[1].get("metadata", {}).get("tags", []) or cells[1].source != badge:
         found.append(f"{name}: the second cell must be the Colab badge for {url}")
     first_code = next((cell for cell in nb.cells if cell.cell_type == "code"), None)
-    if first_code is not cells[2] or BOOTSTRAP_TAG not in cells[2].metadata.get("tags", []) or cells[2].source != bootstrap:
-        found.append(f"{name}: the third cell, and first code cell, must be the bootstrap cell for {url}")
+    if (
+        first_code is not cells[2]
+        or BOOTSTRAP_TAG not in cells[2].metadata.get("tags", [])
+        or cells[2].source != bootstrap
+    ):
+        found.append(
+            f"{name}: the third cell, and first code cell, must be the bootstrap cell for {url}"
+        )
     if nb.metadata.get("accelerator") != "GPU":
         found.append(f"{name}: metadata.accelerator must be 'GPU' (Colab opens it on a GPU)")
     return found

@@ -27,8 +27,13 @@ HTML = ROOT / "_build" / "html"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-    "--disable-background-networking", "--disable-component-update",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
 ]
 
 
@@ -68,7 +73,9 @@ def server():
 @pytest.fixture(scope="session")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium, or set CHROMIUM")
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium, or set CHROMIUM"
+        )
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
@@ -85,7 +92,10 @@ class PageReport:
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.on("requestfailed", lambda r: self.errors.append(f"failed: {r.url}"))
-        page.on("response", lambda r: self.errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None)
+        page.on(
+            "response",
+            lambda r: self.errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None,
+        )
 
         def request(r):
             parsed = urlparse(r.url)
@@ -109,15 +119,22 @@ def test_page_loads_cleanly_offline(browser, server, path):
     try:
         assert report.outside == [], f"requests left localhost: {report.outside}"
         assert report.errors == [], f"console errors: {report.errors}"
-        broken = page.evaluate("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+        broken = page.evaluate(
+            "[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+        )
         assert broken == [], f"images that did not load: {broken}"
         if page.locator(".math").count():
-            assert page.locator("mjx-container").count() >= page.locator(".math").count(), "maths not typeset"
+            assert page.locator("mjx-container").count() >= page.locator(".math").count(), (
+                "maths not typeset"
+            )
         sidebar = page.locator(".bd-sidebar-primary nav").first.inner_text()
         for title in _chapter_titles():
             assert title in sidebar, f"the sidebar does not list {title!r}"
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / (path.replace("/", "_").replace(".html", ".png"))), full_page=True)
+        page.screenshot(
+            path=str(SCREENSHOTS / (path.replace("/", "_").replace(".html", ".png"))),
+            full_page=True,
+        )
     finally:
         page.close()
 
