@@ -33,7 +33,8 @@ test: setup test-unit test-notebooks test-book test-browser
 	@echo "==> [test] all passed: unit tests, nbval on $(words $(CHAPTERS)) chapter(s), strict book build, browser tests"
 
 test-unit: setup
-	@echo "==> [test] unit, property, parity and fresh-runtime tests (tests/)"
+	@echo "==> [test] lint (ruff), then unit, property, parity and fresh-runtime tests (tests/)"
+	$(BIN)/ruff check detlib tests bench tools book/_ext
 	$(BIN)/pytest tests -q --ignore=tests/browser
 
 test-notebooks: setup
@@ -70,7 +71,7 @@ sync: setup
 	$(PY) tools/sync_notebooks.py $(CHAPTERS)
 
 lint: setup
-	$(BIN)/ruff check detlib tests bench tools
+	$(BIN)/ruff check detlib tests bench tools book/_ext
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis
