@@ -18,6 +18,8 @@ from detlib.boxes import (
     box_convert,
     box_iou,
     clip_boxes_to_image,
+    complete_box_iou,
+    distance_box_iou,
     generalized_box_iou,
     remove_small_boxes,
 )
@@ -40,6 +42,8 @@ __all__ = [
     "box_convert",
     "box_iou",
     "clip_boxes_to_image",
+    "complete_box_iou",
+    "distance_box_iou",
     "generalized_box_iou",
     "kmeans_anchor_shapes",
     "nms",

@@ -114,6 +114,81 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return iou - (enclosing - union) / enclosing
 
 
+def _enclosing_extent(lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
+    """Length of the smallest interval enclosing ``[lo1, hi1]`` and ``[lo2, hi2]``, ``[N, M]``."""
+    return _upcast(torch.maximum(hi1[:, None], hi2) - torch.minimum(lo1[:, None], lo2)).clamp(min=0)
+
+
+def _distance_iou_and_iou(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """DIoU and IoU, both ``[N, M]``, for boxes already upcast."""
+    inter, union = _intersection_and_union(boxes1, boxes2)
+    iou = inter / union
+    x1a, y1a, x2a, y2a = boxes1.unbind(1)
+    x1b, y1b, x2b, y2b = boxes2.unbind(1)
+    enclosing_w = _enclosing_extent(x1a, x2a, x1b, x2b)
+    enclosing_h = _enclosing_extent(y1a, y2a, y1b, y2b)
+    diagonal_squared = enclosing_w**2 + enclosing_h**2 + eps
+    centre_dx = _upcast((x1a + x2a)[:, None] / 2 - (x1b + x2b) / 2)
+    centre_dy = _upcast((y1a + y2a)[:, None] / 2 - (y1b + y2b) / 2)
+    centre_distance_squared = centre_dx**2 + centre_dy**2
+    return iou - centre_distance_squared / diagonal_squared, iou
+
+
+def distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
+    """Distance IoU (Zheng et al., 2020) of every pair of boxes.
+
+    ``DIoU = IoU - d**2 / c**2``, where ``d`` is the distance between the boxes' centres and ``c``
+    the diagonal of the smallest box enclosing both: it keeps pulling the centres together even
+    when the boxes do not overlap, or when one contains the other.
+
+    Args:
+        boxes1: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``.
+        boxes2: ``Tensor[M, 4]`` in ``(x1, y1, x2, y2)``, on the same device.
+        eps: added to ``c**2`` so that two identical points do not divide by zero.
+
+    Returns:
+        ``Tensor[N, M]`` with values in ``[-1, 1]``. Same values as
+        ``torchvision.ops.distance_box_iou``.
+    """
+    fn = "distance_box_iou"
+    check_boxes(fn, "boxes1", boxes1)
+    check_boxes(fn, "boxes2", boxes2)
+    check_same_device(fn, boxes1=boxes1, boxes2=boxes2)
+    diou, _ = _distance_iou_and_iou(_upcast(boxes1), _upcast(boxes2), eps)
+    return diou
+
+
+def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
+    """Complete IoU (Zheng et al., 2020) of every pair of boxes.
+
+    ``CIoU = DIoU - alpha * v`` adds an aspect-ratio term
+    ``v = 4 / pi**2 * (atan(w1 / h1) - atan(w2 / h2))**2``, weighted by
+    ``alpha = v / (1 - IoU + v)``, which is treated as a constant for the gradient.
+
+    Args:
+        boxes1: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``, with positive heights.
+        boxes2: ``Tensor[M, 4]`` in ``(x1, y1, x2, y2)``, with positive heights, same device.
+        eps: as in :func:`distance_box_iou`, also keeps ``alpha`` finite.
+
+    Returns:
+        ``Tensor[N, M]``. Same values as ``torchvision.ops.complete_box_iou``.
+    """
+    fn = "complete_box_iou"
+    check_boxes(fn, "boxes1", boxes1)
+    check_boxes(fn, "boxes2", boxes2)
+    check_same_device(fn, boxes1=boxes1, boxes2=boxes2)
+    boxes1, boxes2 = _upcast(boxes1), _upcast(boxes2)
+    diou, iou = _distance_iou_and_iou(boxes1, boxes2, eps)
+    w1 = (boxes1[:, 2] - boxes1[:, 0])[:, None]
+    h1 = (boxes1[:, 3] - boxes1[:, 1])[:, None]
+    w2 = boxes2[:, 2] - boxes2[:, 0]
+    h2 = boxes2[:, 3] - boxes2[:, 1]
+    v = (4 / (torch.pi**2)) * torch.pow(torch.atan(w1 / h1) - torch.atan(w2 / h2), 2)
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + eps)
+    return diou - alpha * v
+
+
 def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
     a, b, c, d = boxes.unbind(-1)
     if fmt == "xywh":

@@ -242,3 +242,55 @@ def test_value_checks_can_be_switched_off():
     assert detlib.value_checks_enabled()
     with pytest.raises(ValueError):
         box_iou(bad, bad)
+
+
+# ----------------------------------------------------------------------------- DIoU and CIoU
+def test_diou_and_ciou_by_hand():
+    # Unit squares with centres 2 apart: IoU 0, enclosing box 3 x 1 (diagonal**2 = 10), d**2 = 4.
+    a = torch.tensor([[0.0, 0.0, 1.0, 1.0]], dtype=torch.float64)
+    b = torch.tensor([[2.0, 0.0, 3.0, 1.0]], dtype=torch.float64)
+    assert detlib.distance_box_iou(a, b).item() == pytest.approx(-4 / 10, abs=1e-6)
+    assert detlib.complete_box_iou(a, b).item() == pytest.approx(
+        -4 / 10, abs=1e-6
+    )  # same shape: v = 0
+    tall = torch.tensor([[0.0, 0.0, 1.0, 2.0]], dtype=torch.float64)
+    assert detlib.complete_box_iou(tall, tall).item() == pytest.approx(1.0, abs=1e-6)
+
+
+@given(box_sets(), box_sets())
+def test_diou_and_ciou_are_at_most_iou(a, b):
+    iou, diou, ciou = box_iou(a, b), detlib.distance_box_iou(a, b), detlib.complete_box_iou(a, b)
+    assert bool((diou <= iou + 1e-9).all()) and bool((ciou <= diou + 1e-9).all())
+    assert bool((diou >= -1).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_diou_ciou_parity_with_torchvision(gen, dtype):
+    a = random_boxes(200, gen, min_size=1, dtype=dtype)
+    b = random_boxes(50, gen, min_size=1, dtype=dtype)
+    assert torch.equal(detlib.distance_box_iou(a, b), tvops.distance_box_iou(a, b))
+    assert torch.equal(detlib.complete_box_iou(a, b), tvops.complete_box_iou(a, b))
+
+
+def test_diou_ciou_gradients():
+    gen = torch.Generator().manual_seed(2)
+    a = random_boxes(5, gen, min_size=5, dtype=torch.float64).requires_grad_()
+    b = random_boxes(4, gen, min_size=5, image=60, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(detlib.distance_box_iou, (a, b))
+    for ours_fn, theirs_fn in [
+        (detlib.distance_box_iou, tvops.distance_box_iou),
+        (detlib.complete_box_iou, tvops.complete_box_iou),
+    ]:
+        ours = torch.autograd.grad(ours_fn(a, b).sum(), (a, b))
+        theirs = torch.autograd.grad(theirs_fn(a, b).sum(), (a, b))
+        assert all(torch.allclose(x, y) for x, y in zip(ours, theirs))
+
+
+def test_diou_ciou_empty_and_errors():
+    empty, some = torch.zeros(0, 4), torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    assert detlib.distance_box_iou(empty, some).shape == (0, 1)
+    assert detlib.complete_box_iou(some, empty).shape == (1, 0)
+    with pytest.raises(ValueError, match="complete_box_iou: boxes2 has 1 box"):
+        detlib.complete_box_iou(some, torch.tensor([[1.0, 0.0, 0.0, 1.0]]))
+    with pytest.raises(TypeError, match="distance_box_iou: boxes1 must be a torch.Tensor"):
+        detlib.distance_box_iou([[0, 0, 1, 1]], some)
