@@ -26,6 +26,7 @@ from detlib.boxes import (
 from detlib.coder import BoxCoder
 from detlib.losses import sigmoid_focal_loss, smooth_l1_loss
 from detlib.matching import Matcher
+from detlib.metrics import coco_evaluate, voc_average_precision, voc_evaluate
 from detlib.nms import batched_nms, nms
 from detlib.roi import roi_align, roi_pool
 
@@ -42,6 +43,7 @@ __all__ = [
     "box_convert",
     "box_iou",
     "clip_boxes_to_image",
+    "coco_evaluate",
     "complete_box_iou",
     "distance_box_iou",
     "generalized_box_iou",
@@ -56,4 +58,6 @@ __all__ = [
     "smooth_l1_loss",
     "value_checks",
     "value_checks_enabled",
+    "voc_average_precision",
+    "voc_evaluate",
 ]
