@@ -13,6 +13,13 @@ from detlib.anchors import (
     kmeans_anchor_shapes,
     shape_iou,
 )
+from detlib.bifpn import (
+    EFFICIENTDET_CONFIGS,
+    BiFPN,
+    SeparableConv2d,
+    WeightedFusion,
+    efficientdet_config,
+)
 from detlib.boxes import (
     box_area,
     box_convert,
@@ -24,6 +31,15 @@ from detlib.boxes import (
     remove_small_boxes,
 )
 from detlib.coder import BoxCoder
+from detlib.heads import (
+    BoxHead,
+    ClassHead,
+    EfficientDet,
+    EfficientNetFeatures,
+    TinyBackbone,
+    count_parameters,
+    prior_bias,
+)
 from detlib.losses import sigmoid_focal_loss, smooth_l1_loss
 from detlib.matching import Matcher
 from detlib.metrics import coco_evaluate, voc_average_precision, voc_evaluate
@@ -34,30 +50,42 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AnchorGenerator",
-    "BoxCoder",
-    "Matcher",
     "anchors_inside_image",
     "batched_nms",
     "best_anchor_iou",
+    "BiFPN",
     "box_area",
     "box_convert",
     "box_iou",
+    "BoxCoder",
+    "BoxHead",
+    "ClassHead",
     "clip_boxes_to_image",
     "coco_evaluate",
     "complete_box_iou",
+    "count_parameters",
     "distance_box_iou",
+    "EfficientDet",
+    "efficientdet_config",
+    "EFFICIENTDET_CONFIGS",
+    "EfficientNetFeatures",
     "generalized_box_iou",
     "kmeans_anchor_shapes",
+    "Matcher",
     "nms",
+    "prior_bias",
     "remove_small_boxes",
     "roi_align",
     "roi_pool",
+    "SeparableConv2d",
     "set_value_checks",
     "shape_iou",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
+    "TinyBackbone",
     "value_checks",
     "value_checks_enabled",
     "voc_average_precision",
     "voc_evaluate",
+    "WeightedFusion",
 ]
