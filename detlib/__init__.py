@@ -45,12 +45,25 @@ from detlib.matching import Matcher
 from detlib.metrics import coco_evaluate, voc_average_precision, voc_evaluate
 from detlib.nms import batched_nms, nms
 from detlib.roi import roi_align, roi_pool
+from detlib.rpn import (
+    FastRCNNHead,
+    RoISamples,
+    RPNHead,
+    assign_fpn_levels,
+    fast_rcnn_loss,
+    generate_proposals,
+    label_anchors,
+    multiscale_roi_align,
+    rpn_loss,
+    sample_proposals,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AnchorGenerator",
     "anchors_inside_image",
+    "assign_fpn_levels",
     "batched_nms",
     "best_anchor_iou",
     "BiFPN",
@@ -69,14 +82,23 @@ __all__ = [
     "efficientdet_config",
     "EFFICIENTDET_CONFIGS",
     "EfficientNetFeatures",
+    "fast_rcnn_loss",
+    "FastRCNNHead",
     "generalized_box_iou",
+    "generate_proposals",
     "kmeans_anchor_shapes",
+    "label_anchors",
     "Matcher",
+    "multiscale_roi_align",
     "nms",
     "prior_bias",
     "remove_small_boxes",
     "roi_align",
     "roi_pool",
+    "RoISamples",
+    "rpn_loss",
+    "RPNHead",
+    "sample_proposals",
     "SeparableConv2d",
     "set_value_checks",
     "shape_iou",

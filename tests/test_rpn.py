@@ -1,0 +1,621 @@
+"""detlib.rpn: hand-made cases, parity with torchvision's Faster R-CNN pieces, empty inputs,
+argument errors and gradients."""
+
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torchvision.models.detection import roi_heads as tv_roi_heads
+from torchvision.models.detection import rpn as tv_rpn
+from torchvision.models.detection._utils import BoxCoder as TorchvisionBoxCoder
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import LevelMapper
+
+from detlib import AnchorGenerator, BoxCoder
+from detlib.rpn import (
+    FastRCNNHead,
+    RPNHead,
+    assign_fpn_levels,
+    fast_rcnn_loss,
+    generate_proposals,
+    label_anchors,
+    multiscale_roi_align,
+    rpn_loss,
+    sample_balanced,
+    sample_proposals,
+)
+from tests.conftest import random_boxes
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def torchvision_rpn(pre_nms_top_n=1000, post_nms_top_n=300, nms_thresh=0.7, **kwargs):
+    return tv_rpn.RegionProposalNetwork(
+        anchor_generator=None,
+        head=None,
+        fg_iou_thresh=kwargs.get("fg", 0.7),
+        bg_iou_thresh=kwargs.get("bg", 0.3),
+        batch_size_per_image=256,
+        positive_fraction=0.5,
+        pre_nms_top_n=dict(training=pre_nms_top_n, testing=pre_nms_top_n),
+        post_nms_top_n=dict(training=post_nms_top_n, testing=post_nms_top_n),
+        nms_thresh=nms_thresh,
+        score_thresh=kwargs.get("score_thresh", 0.0),
+    )
+
+
+def two_level_setup(gen, batch=2, channels=8):
+    """Feature maps of strides 8 and 16 for 128 x 160 images, and their anchors."""
+    features = [
+        torch.randn(batch, channels, 16, 20, generator=gen),
+        torch.randn(batch, channels, 8, 10, generator=gen),
+    ]
+    generator = AnchorGenerator(strides=[8, 16], sizes=[[16, 24], [32, 48]])
+    anchors = generator((128, 160))
+    per_level = [len(a) for a in generator.per_level((128, 160))]
+    return features, anchors, per_level
+
+
+# ----------------------------------------------------------------------------- RPNHead
+def test_rpn_head_matches_torchvision_on_two_levels(gen):
+    features, anchors, _ = two_level_setup(gen)
+    ours = RPNHead(8, 6)
+    for p in ours.parameters():  # non-trivial weights
+        p.data.normal_(0, 0.3, generator=gen)
+    theirs = tv_rpn.RPNHead(8, 6)
+    theirs.load_state_dict(ours.state_dict())
+    objectness, deltas = ours(features)
+    logits, regression = theirs(features)
+    tv_objectness, tv_deltas = tv_rpn.concat_box_prediction_layers(logits, regression)
+    assert objectness.shape == (2, len(anchors)) and deltas.shape == (2, len(anchors), 4)
+    assert torch.equal(objectness.reshape(-1, 1), tv_objectness)
+    assert torch.equal(deltas.reshape(-1, 4), tv_deltas)
+
+
+def test_rpn_head_rows_follow_the_anchor_order():
+    # A head whose offsets output channel 4a + k holds (row, column, anchor, k): row n of the
+    # output must describe the cell and anchor of anchor n.
+    head = RPNHead(1, 3, conv_depth=0)
+    with torch.no_grad():
+        head.bbox_pred.weight.zero_()
+        head.bbox_pred.bias.copy_(torch.arange(12.0))
+    _, deltas = head(torch.zeros(1, 1, 2, 5))
+    expected = torch.arange(12.0).view(3, 4).repeat(10, 1)  # 10 cells x 3 anchors
+    assert torch.equal(deltas[0], expected)
+    anchors = AnchorGenerator(strides=[8], sizes=[[8, 16, 32]], aspect_ratios=1.0)((16, 40))
+    assert len(anchors) == deltas.shape[1]
+
+
+def test_rpn_head_initialisation_and_names():
+    head = RPNHead(16, 9)
+    assert set(head.state_dict()) == set(tv_rpn.RPNHead(16, 9).state_dict())
+    for layer in (head.conv[0][0], head.cls_logits, head.bbox_pred):
+        assert layer.bias.abs().max() == 0
+        assert 0.005 < layer.weight.std() < 0.015
+
+
+def test_rpn_head_errors():
+    head = RPNHead(8, 3)
+    with pytest.raises(ValueError, match=r"RPNHead: features\[1\] must have shape \[B, 8, H, W\]"):
+        head([torch.zeros(1, 8, 4, 4), torch.zeros(1, 4, 2, 2)])
+    with pytest.raises(ValueError, match="same batch size"):
+        head([torch.zeros(1, 8, 4, 4), torch.zeros(2, 8, 2, 2)])
+    with pytest.raises(TypeError, match="RPNHead: features must be a Tensor"):
+        head("features")
+    with pytest.raises(TypeError, match="features must have a floating-point dtype"):
+        head(torch.zeros(1, 8, 4, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="RPNHead: num_anchors must be >= 1"):
+        RPNHead(8, 0)
+    with pytest.raises(TypeError, match="RPNHead: in_channels must be an int"):
+        RPNHead(8.0, 3)
+
+
+# ----------------------------------------------------------------------------- label_anchors
+def test_label_anchors_by_hand():
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    anchors = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 9.0],  # IoU 0.9: object
+            [0.0, 0.0, 10.0, 5.0],  # 0.5: ignored
+            [20.0, 20.0, 30.0, 30.0],  # 0: background
+            [0.0, 0.0, 10.0, 2.5],  # 0.25: background
+        ]
+    )
+    labels, matched = label_anchors(anchors, [gt])
+    assert labels.tolist() == [[1.0, -1.0, 0.0, 0.0]]
+    assert torch.equal(matched[0, 0], gt[0])
+
+
+def test_best_anchor_rule_and_ignore():
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    anchors = torch.tensor([[-2.0, 0.0, 8.0, 10.0], [3.0, 0.0, 13.0, 10.0]])  # IoU 2/3 and 7/13
+    labels, _ = label_anchors(anchors, [gt])
+    assert labels.tolist() == [[1.0, -1.0]]  # the best anchor is an object below 0.7
+    labels, _ = label_anchors(anchors, [gt], allow_low_quality_matches=False)
+    assert labels.tolist() == [[-1.0, -1.0]]
+    # An ignored anchor takes no part: the next best anchor becomes the box's best.
+    labels, _ = label_anchors(anchors, [gt], ignore=torch.tensor([True, False]))
+    assert labels.tolist() == [[-1.0, 1.0]]
+
+
+def test_label_anchors_match_torchvision(gen):
+    anchors = AnchorGenerator(strides=[16], sizes=[[32, 64, 128]])((256, 320))
+    gt = [
+        random_boxes(5, gen, image=250, max_size=150, min_size=8),
+        torch.zeros(0, 4),
+        random_boxes(1, gen, image=250, max_size=150, min_size=8),
+    ]
+    labels, matched = label_anchors(anchors, gt)
+    tv_labels, tv_matched = torchvision_rpn().assign_targets_to_anchors(
+        [anchors] * 3, [{"boxes": b} for b in gt]
+    )
+    assert torch.equal(labels, torch.stack(tv_labels))
+    for image in (0, 2):
+        assert torch.equal(matched[image], tv_matched[image])
+    assert torch.equal(matched[1], anchors)  # no boxes: the anchors themselves (targets 0)
+    assert bool((labels[1] == 0).all())
+
+
+def test_label_anchors_float64_and_empty():
+    anchors = AnchorGenerator(strides=[8], sizes=[[16]])((32, 32), dtype=torch.float64)
+    labels, matched = label_anchors(anchors, [torch.tensor([[0.0, 0.0, 16.0, 16.0]])])
+    assert labels.dtype == matched.dtype == torch.float64
+    labels, matched = label_anchors(torch.zeros(0, 4), [torch.zeros(0, 4), torch.zeros(2, 4)])
+    assert labels.shape == (2, 0) and matched.shape == (2, 0, 4)
+    labels, matched = label_anchors(anchors, [])
+    assert labels.shape == (0, len(anchors))
+
+
+def test_label_anchors_errors():
+    anchors = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    with pytest.raises(TypeError, match="label_anchors: gt_boxes must be a list"):
+        label_anchors(anchors, torch.zeros(1, 4))
+    with pytest.raises(
+        ValueError, match=r"label_anchors: gt_boxes\[0\] has 1 box\(es\) of negative"
+    ):
+        label_anchors(anchors, [torch.tensor([[5.0, 0.0, 1.0, 4.0]])])
+    with pytest.raises(ValueError, match=r"label_anchors: ignore must be a bool Tensor\[N\]"):
+        label_anchors(anchors, [anchors], ignore=torch.zeros(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="Matcher: low_threshold"):
+        label_anchors(anchors, [anchors], fg_iou_thresh=0.3, bg_iou_thresh=0.7)
+
+
+# ----------------------------------------------------------------------------- sample_balanced
+@given(
+    counts=st.lists(
+        st.tuples(st.integers(0, 60), st.integers(0, 60), st.integers(0, 20)),
+        min_size=1,
+        max_size=4,
+    ),
+    batch_size=st.integers(0, 80),
+    fraction=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_sample_balanced_quotas(counts, batch_size, fraction, seed):
+    length = max(p + n + i for p, n, i in counts)
+    labels = torch.full((len(counts), length), -1)
+    for row, (p, n, _) in enumerate(counts):
+        labels[row, :p] = torch.randint(1, 5, (p,))
+        labels[row, p : p + n] = 0
+    shuffle = torch.argsort(torch.rand(labels.shape, generator=torch.Generator().manual_seed(seed)))
+    labels = labels.gather(1, shuffle)
+    positive, negative = sample_balanced(
+        labels, batch_size, fraction, torch.Generator().manual_seed(seed)
+    )
+    assert not bool((positive & negative).any())
+    assert bool((labels[positive] >= 1).all()) and bool((labels[negative] == 0).all())
+    for row, (p, n, _) in enumerate(counts):
+        num_positive = min(p, int(batch_size * fraction))
+        assert int(positive[row].sum()) == num_positive
+        assert int(negative[row].sum()) == min(n, batch_size - num_positive)
+
+
+def test_sample_balanced_is_uniform():
+    # 2,000 images with 10 positives and room for 5: each positive is drawn about half the time.
+    labels = torch.ones(2000, 10)
+    positive, _ = sample_balanced(labels, 10, 0.5, torch.Generator().manual_seed(0))
+    assert bool((positive.sum(dim=1) == 5).all())
+    frequency = positive.float().mean(dim=0)
+    assert bool(((frequency - 0.5).abs() < 0.05).all())
+
+
+def test_sample_balanced_reproducible_one_dimensional_and_empty():
+    labels = torch.tensor([1, 0, 0, -1, 2, 0, 0, 0, 1, 0])
+    first = sample_balanced(labels, 4, 0.5, torch.Generator().manual_seed(3))
+    second = sample_balanced(labels[None], 4, 0.5, torch.Generator().manual_seed(3))
+    assert first[0].shape == (10,)
+    assert torch.equal(first[0], second[0][0]) and torch.equal(first[1], second[1][0])
+    positive, negative = sample_balanced(torch.zeros(2, 0), 256, 0.5)
+    assert positive.shape == negative.shape == (2, 0)
+
+
+def test_sample_balanced_errors():
+    with pytest.raises(ValueError, match="sample_balanced: positive_fraction must be a number"):
+        sample_balanced(torch.zeros(5), 4, 1.5)
+    with pytest.raises(ValueError, match="sample_balanced: batch_size_per_image must be >= 0"):
+        sample_balanced(torch.zeros(5), -1, 0.5)
+    with pytest.raises(ValueError, match=r"labels must be a real Tensor\[N\] or Tensor\[B, N\]"):
+        sample_balanced(torch.zeros(2, 2, 2), 4, 0.5)
+
+
+# ----------------------------------------------------------------------------- rpn_loss
+def test_rpn_loss_by_hand():
+    objectness = torch.zeros(1, 3)
+    deltas = torch.zeros(1, 3, 4)
+    targets = torch.ones(1, 3, 4)
+    positive = torch.tensor([[True, False, False]])
+    negative = torch.tensor([[False, True, False]])
+    objectness_loss, box_loss = rpn_loss(objectness, deltas, targets, positive, negative)
+    assert math.isclose(objectness_loss.item(), math.log(2), rel_tol=1e-6)
+    # |d| = 1 >= 1/9 on the positive's four coordinates: 4 * (1 - 1/18), over 2 sampled anchors
+    assert math.isclose(box_loss.item(), 4 * (1 - 1 / 18) / 2, rel_tol=1e-6)
+
+
+def test_rpn_loss_matches_torchvision(gen):
+    anchors = AnchorGenerator(strides=[16], sizes=[[32, 64, 128]])((256, 256))
+    gt = [random_boxes(4, gen, image=200, max_size=120, min_size=16), torch.zeros(0, 4)]
+    labels, matched = label_anchors(anchors, gt)
+    targets = BoxCoder().encode(matched, anchors)
+    objectness = torch.randn(2, len(anchors), generator=gen)
+    deltas = torch.randn(2, len(anchors), 4, generator=gen)
+    positive, negative = sample_balanced(labels, 256, 0.5, torch.Generator().manual_seed(1))
+    theirs = torchvision_rpn()
+    theirs.fg_bg_sampler = lambda _: (list(positive), list(negative))
+    tv_targets = TorchvisionBoxCoder((1.0, 1.0, 1.0, 1.0)).encode(list(matched[:1]), [anchors])
+    expected = theirs.compute_loss(
+        objectness, deltas.reshape(-1, 4), list(labels), [tv_targets[0], targets[1]]
+    )
+    for ours, tv in zip(rpn_loss(objectness, deltas, targets, positive, negative), expected):
+        torch.testing.assert_close(ours, tv)
+
+
+def test_rpn_loss_ignores_unsampled_nan_and_empty_batches():
+    objectness = torch.tensor([[0.5, math.nan, 1.0]], requires_grad=True)
+    deltas = torch.tensor([[[0.1] * 4, [math.inf] * 4, [0.2] * 4]], requires_grad=True)
+    targets = torch.zeros(1, 3, 4)
+    positive = torch.tensor([[True, False, False]])
+    negative = torch.tensor([[False, False, True]])
+    losses = rpn_loss(objectness, deltas, targets, positive, negative)
+    sum(losses).backward()
+    assert all(torch.isfinite(loss) for loss in losses)
+    assert bool(torch.isfinite(objectness.grad).all() and torch.isfinite(deltas.grad).all())
+    nothing = torch.zeros(1, 3, dtype=torch.bool)
+    losses = rpn_loss(objectness, deltas, targets, nothing, nothing)
+    assert [loss.item() for loss in losses] == [0.0, 0.0]
+
+
+def test_gradients_reach_both_rpn_branches(gen):
+    # The seed's .data bug: the box loss must train bbox_pred, the objectness cls_logits.
+    features, anchors, _ = two_level_setup(gen, batch=1)
+    head = RPNHead(8, 6)
+    objectness, deltas = head(features)
+    labels, matched = label_anchors(anchors, [torch.tensor([[10.0, 20.0, 60.0, 90.0]])])
+    positive, negative = sample_balanced(labels, 64, 0.5, torch.Generator().manual_seed(0))
+    objectness_loss, box_loss = rpn_loss(
+        objectness, deltas, BoxCoder().encode(matched, anchors), positive, negative
+    )
+    grad_cls, grad_box = torch.autograd.grad(
+        box_loss, [head.cls_logits.weight, head.bbox_pred.weight], allow_unused=True
+    )
+    assert grad_cls is None and grad_box.norm() > 0
+    grad_cls, grad_box = torch.autograd.grad(
+        objectness_loss, [head.cls_logits.weight, head.bbox_pred.weight], allow_unused=True
+    )
+    assert grad_cls.norm() > 0 and grad_box is None
+
+
+def test_rpn_loss_errors():
+    objectness, deltas = torch.zeros(1, 3), torch.zeros(1, 3, 4)
+    mask = torch.zeros(1, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="rpn_loss: positive must be a bool tensor"):
+        rpn_loss(objectness, deltas, deltas, mask.float(), mask)
+    with pytest.raises(ValueError, match=r"rpn_loss: deltas must have shape \[1, 3, 4\]"):
+        rpn_loss(objectness, deltas[:, :2], deltas, mask, mask)
+    with pytest.raises(TypeError, match="rpn_loss: objectness must be a torch.Tensor"):
+        rpn_loss([0.0], deltas, deltas, mask, mask)
+
+
+# ----------------------------------------------------------------------------- proposals
+@pytest.mark.parametrize("pre_nms_top_n, post_nms_top_n", [(1000, 300), (50, 40), (5, 1000)])
+def test_proposals_match_torchvision(pre_nms_top_n, post_nms_top_n, gen):
+    features, anchors, per_level = two_level_setup(gen, batch=3)
+    objectness = torch.randn(3, len(anchors), generator=gen)  # no ties
+    deltas = 0.3 * torch.randn(3, len(anchors), 4, generator=gen)
+    sizes = [(128, 160), (100, 150), (128, 90)]
+    boxes, scores = generate_proposals(
+        anchors, objectness, deltas, sizes, per_level, pre_nms_top_n, post_nms_top_n, nms_thresh=0.6
+    )
+    theirs = torchvision_rpn(pre_nms_top_n, post_nms_top_n, nms_thresh=0.6)
+    decoded = theirs.box_coder.decode(deltas.reshape(-1, 4), [anchors] * 3).view(3, -1, 4)
+    tv_boxes, tv_scores = theirs.filter_proposals(decoded, objectness, sizes, per_level)
+    for image in range(3):
+        assert torch.equal(boxes[image], tv_boxes[image])
+        assert torch.equal(scores[image], tv_scores[image])
+        assert len(boxes[image]) <= post_nms_top_n
+
+
+def test_proposals_score_threshold_matches_torchvision(gen):
+    anchors = AnchorGenerator(strides=[16], sizes=[[32, 64]])((128, 128))
+    objectness = torch.randn(2, len(anchors), generator=gen)
+    deltas = 0.2 * torch.randn(2, len(anchors), 4, generator=gen)
+    boxes, scores = generate_proposals(anchors, objectness, deltas, (128, 128), score_thresh=0.6)
+    theirs = torchvision_rpn(2000, 2000, score_thresh=0.6)
+    decoded = theirs.box_coder.decode(deltas.reshape(-1, 4), [anchors] * 2).view(2, -1, 4)
+    tv_boxes, tv_scores = theirs.filter_proposals(
+        decoded, objectness, [(128, 128)] * 2, [len(anchors)]
+    )
+    for ours, tv in zip(boxes + scores, tv_boxes + tv_scores):
+        assert torch.equal(ours, tv)
+    assert all(bool((s >= 0.6).all()) for s in scores)
+
+
+def test_proposals_by_hand():
+    anchors = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],
+            [1.0, 0.0, 11.0, 10.0],
+            [-20.0, 0.0, -10.0, 5.0],
+            [20.0, 20.0, 40.0, 40.0],
+        ]
+    )
+    objectness = torch.tensor([[2.0, 3.0, 5.0, 1.0]])
+    deltas = torch.zeros(1, 4, 4)
+    boxes, scores = generate_proposals(anchors, objectness, deltas, (30, 30), nms_thresh=0.7)
+    # Anchor 2 lies off the image: clipped to nothing and dropped. Anchors 0 and 1 overlap at
+    # IoU 9/11 > 0.7: the better one (1) stays. Anchor 3 is clipped to the image.
+    expected = torch.tensor([[1.0, 0.0, 11.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    assert torch.equal(boxes[0], expected)
+    torch.testing.assert_close(scores[0], torch.sigmoid(torch.tensor([3.0, 1.0])))
+    boxes, _ = generate_proposals(anchors, objectness, deltas, (30, 30), min_size=10.5)
+    assert len(boxes[0]) == 0  # nothing is 10.5 pixels wide after clipping
+
+
+def test_proposals_are_detached_and_empty_inputs_work():
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    objectness = torch.zeros(2, 1, requires_grad=True)
+    deltas = torch.zeros(2, 1, 4, requires_grad=True)
+    boxes, scores = generate_proposals(anchors, objectness, deltas, (20, 20))
+    assert len(boxes) == 2 and not boxes[0].requires_grad and not scores[0].requires_grad
+    boxes, scores = generate_proposals(
+        torch.zeros(0, 4), torch.zeros(2, 0), torch.zeros(2, 0, 4), (20, 20)
+    )
+    assert [b.shape for b in boxes] == [(0, 4), (0, 4)] and [s.shape for s in scores] == [(0,)] * 2
+    boxes, scores = generate_proposals(anchors, torch.zeros(0, 1), torch.zeros(0, 1, 4), (20, 20))
+    assert boxes == [] and scores == []
+
+
+def test_proposals_errors():
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 5.0, 5.0]])
+    objectness, deltas = torch.zeros(2, 2), torch.zeros(2, 2, 4)
+    with pytest.raises(ValueError, match="generate_proposals: image_size must be one"):
+        generate_proposals(anchors, objectness, deltas, [(10, 10)] * 3)
+    with pytest.raises(ValueError, match="num_anchors_per_level must add up to the 2 anchors"):
+        generate_proposals(anchors, objectness, deltas, (10, 10), [1, 2])
+    with pytest.raises(ValueError, match=r"objectness must have shape \[B, N\] with N = 2"):
+        generate_proposals(anchors, objectness[:, :1], deltas, (10, 10))
+    with pytest.raises(ValueError, match=r"generate_proposals: deltas must have shape \[2, 2, 4\]"):
+        generate_proposals(anchors, objectness, deltas[..., :2], (10, 10))
+    with pytest.raises(ValueError, match="generate_proposals: pre_nms_top_n must be >= 0"):
+        generate_proposals(anchors, objectness, deltas, (10, 10), pre_nms_top_n=-1)
+
+
+# ----------------------------------------------------------------------------- sample_proposals
+def test_sample_proposals_by_hand():
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 30.0]])
+    proposals = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 8.0],  # IoU 0.8 with box 0
+            [20.0, 20.0, 30.0, 30.0],  # 0.5 with box 1: positive
+            [50.0, 50.0, 60.0, 60.0],
+        ]
+    )  # background
+    samples = sample_proposals([proposals], [gt], [torch.tensor([3, 1])], add_gt_boxes=False)
+    assert samples.labels[0].tolist() == [3, 1, 0]
+    assert samples.matched_gt[0].tolist() == [0, 1, -1]
+    assert torch.equal(samples.boxes[0], proposals)
+    # Box 0 from proposal 0: same centre x and width; centre y 5 vs 4 over height 8, times 10;
+    # log(10 / 8) times 5.
+    expected = torch.tensor([0.0, 10 * 1 / 8, 0.0, 5 * math.log(10 / 8)])
+    torch.testing.assert_close(samples.regression_targets[0][0], expected)
+    with_gt = sample_proposals([proposals], [gt], [torch.tensor([3, 1])])
+    assert with_gt.labels[0].tolist() == [3, 1, 0, 3, 1]  # the boxes come last, as themselves
+    assert bool((with_gt.regression_targets[0][3:] == 0).all())
+
+
+def test_sample_proposals_quota(gen):
+    gt = random_boxes(3, gen, image=300, max_size=100, min_size=20)
+    jittered = gt.repeat(100, 1) + torch.randn(300, 4, generator=gen)  # many positives
+    background = random_boxes(400, gen, image=400, max_size=20, min_size=1) + 500
+    samples = sample_proposals(
+        [torch.cat([jittered, background])],
+        [gt],
+        [torch.tensor([1, 2, 3])],
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert len(samples.boxes[0]) == 128 and int((samples.labels[0] > 0).sum()) == 32
+
+
+def test_sample_proposals_match_torchvision(gen):
+    proposals = [
+        random_boxes(200, gen, image=300, max_size=150, min_size=2),
+        random_boxes(150, gen, image=300, max_size=150, min_size=2),
+    ]
+    gt = [random_boxes(4, gen, image=300, max_size=150, min_size=10), torch.zeros(0, 4)]
+    gt_labels = [torch.tensor([1, 4, 2, 2]), torch.zeros(0, dtype=torch.int64)]
+    heads = tv_roi_heads.RoIHeads(None, None, None, 0.5, 0.5, 128, 0.25, None, 0.05, 0.5, 100)
+    candidates = heads.add_gt_proposals(proposals, gt)
+    _, tv_labels = heads.assign_targets_to_proposals(candidates, gt, gt_labels)
+    padded = torch.full((2, 204), -1)
+    for image, labels in enumerate(tv_labels):
+        padded[image, : len(labels)] = labels
+    positive, negative = sample_balanced(padded, 128, 0.25, torch.Generator().manual_seed(5))
+    heads.fg_bg_sampler = lambda labels: (
+        [positive[i, : len(lab)] for i, lab in enumerate(labels)],
+        [negative[i, : len(lab)] for i, lab in enumerate(labels)],
+    )
+    expected = heads.select_training_samples(
+        [p.clone() for p in proposals], [{"boxes": b, "labels": c} for b, c in zip(gt, gt_labels)]
+    )
+    ours = sample_proposals(proposals, gt, gt_labels, generator=torch.Generator().manual_seed(5))
+    tv_boxes, tv_matched, tv_labels, tv_targets = expected
+    for image in range(2):
+        assert torch.equal(ours.boxes[image], tv_boxes[image])
+        assert torch.equal(ours.labels[image], tv_labels[image])
+        assert torch.equal(ours.matched_gt[image].clamp(min=0), tv_matched[image])
+    torch.testing.assert_close(ours.regression_targets[0], tv_targets[0])
+    # Without boxes, torchvision encodes a zero box (infinite targets); here the RoI itself.
+    assert bool((ours.regression_targets[1] == 0).all()) and bool((ours.labels[1] == 0).all())
+    assert bool((ours.matched_gt[1] == -1).all())
+
+
+def test_sample_proposals_errors():
+    boxes = [torch.tensor([[0.0, 0.0, 4.0, 4.0]])]
+    with pytest.raises(ValueError, match=r"gt_labels\[0\] must be an int64 Tensor\[1\]"):
+        sample_proposals(boxes, boxes, [torch.tensor([1.0])])
+    with pytest.raises(ValueError, match=r"gt_labels\[0\] must hold classes >= 1"):
+        sample_proposals(boxes, boxes, [torch.tensor([0])])
+    with pytest.raises(ValueError, match=r"proposals\[0\] has 1 box\(es\) of zero or negative"):
+        sample_proposals([torch.tensor([[0.0, 0.0, 0.0, 4.0]])], boxes, [torch.tensor([1])])
+    with pytest.raises(ValueError, match="one tensor per image, got 2 and 1"):
+        sample_proposals(boxes * 2, boxes, [torch.tensor([1])])
+
+
+# ----------------------------------------------------------------------------- FPN levels, pooler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fpn_levels_match_torchvision(dtype, gen):
+    boxes = random_boxes(2000, gen, image=800, max_size=900, min_size=1, dtype=dtype)
+    boxes[:50] = torch.cat([boxes[:50, :2], boxes[:50, :2] + 224], dim=1)  # exact 224 squares
+    assert torch.equal(assign_fpn_levels(boxes) - 2, LevelMapper(2, 5)([boxes]))
+    assert torch.equal(assign_fpn_levels(boxes, 3, 6) - 3, LevelMapper(3, 6)([boxes]))
+
+
+def test_fpn_levels_by_hand():
+    sides = torch.tensor([10.0, 111.0, 112.0, 224.0, 447.0, 448.0, 5000.0])
+    boxes = torch.stack([torch.zeros(7), torch.zeros(7), sides, sides], dim=1)
+    assert assign_fpn_levels(boxes).tolist() == [2, 2, 3, 4, 4, 5, 5]
+    assert assign_fpn_levels(boxes, canonical_scale=112).tolist() == [2, 3, 4, 5, 5, 5, 5]
+    assert assign_fpn_levels(torch.zeros(0, 4)).dtype == torch.int64
+    with pytest.raises(ValueError, match="assign_fpn_levels: k_max must be >= 4"):
+        assign_fpn_levels(boxes, k_min=4, k_max=3)
+
+
+def test_multiscale_roi_align_matches_torchvision(gen):
+    maps = OrderedDict(
+        (str(k), torch.randn(2, 3, 512 // 2**k, 512 // 2**k, generator=gen, requires_grad=True))
+        for k in range(2, 6)
+    )
+    boxes = [
+        random_boxes(60, gen, image=450, max_size=500, min_size=2),
+        random_boxes(40, gen, image=450, max_size=500, min_size=2),
+    ]
+    pooler = MultiScaleRoIAlign(list(maps), output_size=(5, 4), sampling_ratio=2)
+    expected = pooler(maps, boxes, [(512, 512)] * 2)
+    ours = multiscale_roi_align(list(maps.values()), boxes, (5, 4), [1 / 4, 1 / 8, 1 / 16, 1 / 32])
+    torch.testing.assert_close(ours, expected)
+    grad = torch.randn(ours.shape, generator=gen)
+    for ours_grad, tv_grad in zip(
+        torch.autograd.grad(ours, list(maps.values()), grad),
+        torch.autograd.grad(expected, list(maps.values()), grad),
+    ):
+        torch.testing.assert_close(ours_grad, tv_grad)
+    single = MultiScaleRoIAlign(["2"], 3, 2)(OrderedDict([("2", maps["2"])]), boxes, [(512, 512)])
+    torch.testing.assert_close(multiscale_roi_align([maps["2"]], boxes, 3, [1 / 4]), single)
+
+
+def test_multiscale_roi_align_empty_and_errors():
+    maps = [torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 4, 4)]
+    out = multiscale_roi_align(maps, [torch.zeros(0, 4)], 3, [1 / 4, 1 / 8])
+    assert out.shape == (0, 2, 3, 3)
+    with pytest.raises(ValueError, match="spatial_scales must be consecutive powers of two"):
+        multiscale_roi_align(maps, [torch.zeros(0, 4)], 3, [1 / 4, 1 / 16])
+    with pytest.raises(ValueError, match=r"spatial_scales must give one scale per level \(2"):
+        multiscale_roi_align(maps, [torch.zeros(0, 4)], 3, [1 / 4])
+
+
+# ----------------------------------------------------------------------------- second stage
+def test_fast_rcnn_head_matches_torchvision(gen):
+    head = FastRCNNHead(3, (5, 4), num_classes=6, representation_size=32)
+    mlp, predictor = TwoMLPHead(3 * 5 * 4, 32), FastRCNNPredictor(32, 6)
+    state = head.state_dict()
+    mlp.load_state_dict({k: v for k, v in state.items() if k.startswith("fc")})
+    predictor.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc")})
+    pooled = torch.randn(7, 3, 5, 4, generator=gen)
+    for ours, theirs in zip(head(pooled), predictor(mlp(pooled))):
+        assert torch.equal(ours, theirs)
+    with pytest.raises(ValueError, match=r"FastRCNNHead: pooled must have shape \[R, 3, 5, 4\]"):
+        head(torch.zeros(7, 3, 4, 5))
+    with pytest.raises(ValueError, match="FastRCNNHead: num_classes must be >= 2"):
+        FastRCNNHead(3, 5, num_classes=1)
+
+
+def test_fast_rcnn_loss_by_hand_and_against_torchvision(gen):
+    logits = torch.zeros(2, 3)
+    regression = torch.zeros(2, 12)
+    regression[0, 8:] = 1.0  # class 2's offsets for RoI 0
+    labels = torch.tensor([2, 0])
+    targets = torch.zeros(2, 4)
+    classification, box = fast_rcnn_loss(logits, regression, labels, targets)
+    assert math.isclose(classification.item(), math.log(3), rel_tol=1e-6)
+    assert math.isclose(box.item(), 4 * (1 - 1 / 18) / 2, rel_tol=1e-6)  # background: no box
+
+    logits = torch.randn(50, 5, generator=gen, requires_grad=True)
+    regression = torch.randn(50, 20, generator=gen, requires_grad=True)
+    labels = torch.randint(0, 5, (50,), generator=gen)
+    targets = torch.randn(50, 4, generator=gen)
+    ours = fast_rcnn_loss(logits, regression, labels, targets)
+    theirs = tv_roi_heads.fastrcnn_loss(logits, regression, [labels], [targets])
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    grads = [torch.autograd.grad(sum(pair), [logits, regression]) for pair in (ours, theirs)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_fast_rcnn_loss_empty_and_errors():
+    logits = torch.zeros(0, 3, requires_grad=True)
+    losses = fast_rcnn_loss(
+        logits, torch.zeros(0, 12), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4)
+    )
+    assert [loss.item() for loss in losses] == [0.0, 0.0]
+    sum(losses).backward()
+    with pytest.raises(ValueError, match=r"fast_rcnn_loss: labels must be in \[0, 3\)"):
+        fast_rcnn_loss(torch.zeros(1, 3), torch.zeros(1, 12), torch.tensor([3]), torch.zeros(1, 4))
+    with pytest.raises(ValueError, match=r"box_regression must have shape \[1, 12\]"):
+        fast_rcnn_loss(torch.zeros(1, 3), torch.zeros(1, 4), torch.tensor([1]), torch.zeros(1, 4))
+    with pytest.raises(TypeError, match="fast_rcnn_loss: labels must be int64"):
+        fast_rcnn_loss(
+            torch.zeros(1, 3), torch.zeros(1, 12), torch.tensor([1.0]), torch.zeros(1, 4)
+        )
+
+
+# ----------------------------------------------------------------------------- devices
+@pytest.mark.parametrize("device", DEVICES)
+def test_pipeline_stays_on_device(device, gen):
+    features, anchors, per_level = two_level_setup(gen, batch=2)
+    features = [f.to(device) for f in features]
+    anchors = anchors.to(device)
+    head = RPNHead(8, 6).to(device)
+    objectness, deltas = head(features)
+    gt = [torch.tensor([[10.0, 20.0, 60.0, 90.0]], device=device), torch.zeros(0, 4, device=device)]
+    labels, matched = label_anchors(anchors, gt)
+    positive, negative = sample_balanced(labels, 64, 0.5, torch.Generator().manual_seed(0))
+    losses = rpn_loss(objectness, deltas, BoxCoder().encode(matched, anchors), positive, negative)
+    boxes, _ = generate_proposals(anchors, objectness, deltas, (128, 160), per_level)
+    samples = sample_proposals(
+        boxes,
+        gt,
+        [torch.tensor([1], device=device), torch.zeros(0, dtype=torch.int64, device=device)],
+    )
+    pooled = multiscale_roi_align(features, samples.boxes, 7, [1 / 8, 1 / 16])
+    class_logits, regression = FastRCNNHead(8, 7, 3, 16).to(device)(pooled)
+    second = fast_rcnn_loss(
+        class_logits, regression, torch.cat(samples.labels), torch.cat(samples.regression_targets)
+    )
+    for t in [*losses, *boxes, *samples.boxes, pooled, *second]:
+        assert t.device.type == device
+    sum(losses + second).backward()
+    assert head.bbox_pred.weight.grad.norm() > 0 and head.cls_logits.weight.grad.norm() > 0
