@@ -41,7 +41,7 @@ from detlib.heads import (
     prior_bias,
 )
 from detlib.losses import sigmoid_focal_loss, smooth_l1_loss
-from detlib.matching import Matcher
+from detlib.matching import Matcher, greedy_bipartite_match, greedy_match, ssd_match
 from detlib.metrics import coco_evaluate, voc_average_precision, voc_evaluate
 from detlib.nms import batched_nms, nms
 from detlib.roi import roi_align, roi_pool
@@ -57,6 +57,7 @@ from detlib.rpn import (
     rpn_loss,
     sample_proposals,
 )
+from detlib.sampling import BalancedPositiveNegativeSampler, balanced_sample, labels_from_matches
 
 __version__ = "0.1.0"
 
@@ -64,6 +65,8 @@ __all__ = [
     "AnchorGenerator",
     "anchors_inside_image",
     "assign_fpn_levels",
+    "balanced_sample",
+    "BalancedPositiveNegativeSampler",
     "batched_nms",
     "best_anchor_iou",
     "BiFPN",
@@ -86,8 +89,11 @@ __all__ = [
     "FastRCNNHead",
     "generalized_box_iou",
     "generate_proposals",
+    "greedy_bipartite_match",
+    "greedy_match",
     "kmeans_anchor_shapes",
     "label_anchors",
+    "labels_from_matches",
     "Matcher",
     "multiscale_roi_align",
     "nms",
@@ -104,6 +110,7 @@ __all__ = [
     "shape_iou",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
+    "ssd_match",
     "TinyBackbone",
     "value_checks",
     "value_checks_enabled",
