@@ -138,8 +138,9 @@ def _check_box_values(fn: str, name: str, boxes: Tensor, fmt: str, strict: bool)
             f"(first at {where}: {row})"
         )
     hint = {
-        "xyxy": "expected (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2; are these (y1, x1, y2, x2) "
-        "or (x, y, w, h) boxes? convert them with detlib.box_convert",
+        # A (y1, x1, y2, x2) box always passes this check, so the hint names the formats that fail it.
+        "xyxy": "expected (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2; are these (x, y, w, h) "
+        "or (cx, cy, w, h) boxes? convert them with detlib.box_convert",
         "yxyx": "expected (y1, x1, y2, x2) with y1 <= y2 and x1 <= x2",
     }.get(fmt, "expected a non-negative width and height")
     size = "zero or negative" if strict else "negative"
