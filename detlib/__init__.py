@@ -40,7 +40,7 @@ from detlib.heads import (
     count_parameters,
     prior_bias,
 )
-from detlib.losses import sigmoid_focal_loss, smooth_l1_loss
+from detlib.losses import DetectionLoss, detection_loss, sigmoid_focal_loss, smooth_l1_loss
 from detlib.matching import Matcher, greedy_bipartite_match, greedy_match, ssd_match
 from detlib.metrics import coco_evaluate, voc_average_precision, voc_evaluate
 from detlib.nms import batched_nms, nms
@@ -80,6 +80,8 @@ __all__ = [
     "coco_evaluate",
     "complete_box_iou",
     "count_parameters",
+    "detection_loss",
+    "DetectionLoss",
     "distance_box_iou",
     "EfficientDet",
     "efficientdet_config",
