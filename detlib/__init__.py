@@ -43,7 +43,8 @@ from detlib.heads import (
 from detlib.losses import DetectionLoss, detection_loss, sigmoid_focal_loss, smooth_l1_loss
 from detlib.matching import Matcher, greedy_bipartite_match, greedy_match, ssd_match
 from detlib.metrics import coco_evaluate, voc_average_precision, voc_evaluate
-from detlib.nms import batched_nms, nms
+from detlib.nms import batched_nms, nms, soft_nms
+from detlib.postprocess import Detections, postprocess_detections
 from detlib.roi import roi_align, roi_pool
 from detlib.rpn import (
     FastRCNNHead,
@@ -82,6 +83,7 @@ __all__ = [
     "count_parameters",
     "detection_loss",
     "DetectionLoss",
+    "Detections",
     "distance_box_iou",
     "EfficientDet",
     "efficientdet_config",
@@ -99,6 +101,7 @@ __all__ = [
     "Matcher",
     "multiscale_roi_align",
     "nms",
+    "postprocess_detections",
     "prior_bias",
     "remove_small_boxes",
     "roi_align",
@@ -112,6 +115,7 @@ __all__ = [
     "shape_iou",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
+    "soft_nms",
     "ssd_match",
     "TinyBackbone",
     "value_checks",

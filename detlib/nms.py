@@ -21,6 +21,9 @@ for at most about four million pairs at a time, whatever the number of boxes. Wi
 (:func:`batched_nms`) the boxes are visited category by category, so that a block's kept boxes
 only need to be compared with the later boxes of their own category.
 
+:func:`soft_nms` (Bodla et al., 2017) lowers the scores of overlapping boxes instead of removing
+them; each step depends on all the decays before it, so it walks the kept boxes one by one.
+
 Parity with torchvision, down to the last bit:
 
 * Boxes are visited by decreasing score, and boxes with equal scores by increasing index: a
@@ -56,7 +59,7 @@ from detlib._checks import (
     value_checks_enabled,
 )
 
-__all__ = ["nms", "batched_nms"]
+__all__ = ["nms", "batched_nms", "soft_nms"]
 
 # Boxes decided together in one step. Larger blocks mean fewer Python-level steps but more wasted
 # work on pairs inside a block whose boxes a previous block has already suppressed.
@@ -354,3 +357,140 @@ def _overlap_length(
     length = torch.minimum(high_r, high_c)
     length -= torch.maximum(low_r, low_c)
     return length.clamp_(min=0).to(iou_dtype)
+
+
+# --- soft-NMS -----------------------------------------------------------------------------------
+
+SOFT_NMS_METHODS = ("gaussian", "linear")
+
+
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.3,
+    sigma: float = 0.5,
+    score_threshold: float = 0.001,
+    method: str = "gaussian",
+) -> tuple[Tensor, Tensor]:
+    """Soft non-maximum suppression (Bodla et al., 2017): overlapping boxes lose score instead of
+    being removed.
+
+    Repeatedly picks the box with the highest current score, keeps it with that score, and
+    multiplies the score of every remaining box ``b`` by a decay that depends on its IoU with the
+    picked box ``M``:
+
+    * ``"gaussian"``: ``exp(-IoU(M, b)**2 / sigma)``, for every remaining box (``iou_threshold``
+      is not used);
+    * ``"linear"``: ``1 - IoU(M, b)`` when ``IoU(M, b) > iou_threshold``, else 1 (no change).
+
+    A box whose score is (or drops) below ``score_threshold`` is discarded. The paper writes the
+    linear condition as ``IoU >= iou_threshold``; its authors' code, like :func:`nms`, uses a
+    strict ``>``, and so does this function. With ``sigma -> 0`` the Gaussian decay removes every
+    box that overlaps a kept one at all, which is greedy :func:`nms` with ``iou_threshold=0``.
+
+    The IoU is computed as in :func:`nms` (a pair of zero-area boxes has IoU 0 here, no decay);
+    the decays are applied one kept box after the other, in float32 or the scores' wider dtype.
+    Equal scores are visited by increasing index.
+
+    Complexity: the algorithm is sequential in the number ``K`` of kept boxes (which box comes
+    next depends on every decay so far). Each step is vectorised over the ``P`` boxes still in
+    the running: one IoU row, one decay, one compaction. Time ``O(N * K)``, memory ``O(N)``, and
+    one host synchronisation per kept box (to learn how many boxes are left).
+
+    Args:
+        boxes: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``, floating point.
+        scores: ``Tensor[N]``, floating point, on the same device.
+        iou_threshold: for ``method="linear"``, the IoU above which a score decays. Any number
+            but NaN.
+        sigma: for ``method="gaussian"``, the width of the decay; a finite number ``> 0``.
+        score_threshold: boxes with a (decayed) score below this are discarded. Any number but
+            NaN; ``-inf`` keeps every box.
+        method: ``"gaussian"`` or ``"linear"``.
+
+    Returns:
+        ``(keep, kept_scores)``: ``Tensor[K]`` (int64) indices of the kept boxes in the order in
+        which they were picked, and ``Tensor[K]`` their decayed scores (non-increasing), in the
+        dtype of ``scores``, both on the device of ``boxes``.
+    """
+    fn = "soft_nms"
+    boxes, scores = _check_boxes_and_scores(fn, boxes, scores)
+    threshold = _check_iou_threshold(fn, iou_threshold)
+    sigma = _check_real(fn, "sigma", sigma)
+    if not 0 < sigma < math.inf:
+        raise ValueError(f"{fn}: sigma must be a finite number > 0, got {sigma!r}")
+    score_threshold = _check_real(fn, "score_threshold", score_threshold)
+    if method not in SOFT_NMS_METHODS:
+        raise ValueError(f"{fn}: method must be one of {SOFT_NMS_METHODS}, got {method!r}")
+    iou_dtype = _iou_dtype(boxes.dtype)
+    if method == "gaussian":
+        decay = _gaussian_decay(sigma)
+    else:  # Compare like nms on the CPU: as if the IoU were compared with the float64 threshold.
+        decay = _linear_decay(_threshold_for(threshold, iou_dtype, torch.device("cpu")))
+    return _soft_nms(boxes, scores, decay, score_threshold)
+
+
+def _check_real(fn: str, name: str, value: object) -> float:
+    """Any real number but NaN, as a Python float."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
+    number = float(value)
+    if math.isnan(number):
+        raise ValueError(f"{fn}: {name} must not be NaN")
+    return number
+
+
+def _gaussian_decay(sigma: float):
+    """``iou -> exp(-iou**2 / sigma)``, elementwise."""
+
+    def decay(iou: Tensor) -> Tensor:
+        return torch.exp(-(iou * iou) / sigma)
+
+    return decay
+
+
+def _linear_decay(threshold: float):
+    """``iou -> 1 - iou`` where ``iou > threshold``, else 1, elementwise."""
+
+    def decay(iou: Tensor) -> Tensor:
+        return torch.where(iou > threshold, 1 - iou, torch.ones_like(iou))
+
+    return decay
+
+
+def _smallest_at_least(bound: float, dtype: torch.dtype) -> float:
+    """The smallest number of ``dtype`` that is ``>= bound``, so that for ``x`` of that dtype
+    ``x >= bound`` exactly when ``x >= result`` (PyTorch would round ``bound`` to nearest)."""
+    if dtype == torch.float64 or math.isinf(bound):
+        return bound
+    rounded = torch.tensor(bound, dtype=dtype)
+    if float(rounded) < bound:
+        rounded = torch.nextafter(rounded, torch.tensor(math.inf, dtype=dtype))
+    return float(rounded)
+
+
+def _soft_nms(
+    boxes: Tensor, scores: Tensor, decay, score_threshold: float
+) -> tuple[Tensor, Tensor]:
+    """The soft-NMS loop: one kept box per step, the rest decayed and compacted."""
+    work_dtype = torch.promote_types(scores.dtype, torch.float32)
+    lowest = _smallest_at_least(score_threshold, work_dtype)
+    work = scores.to(work_dtype)
+    alive = (work >= lowest).nonzero().squeeze(1)  # increasing index: argmax picks ties in order
+    corners = boxes[alive].T.contiguous()
+    candidates = _Candidates(alive, corners, _areas(corners, _iou_dtype(boxes.dtype)), None)
+    work = work[alive]
+    kept, kept_scores = [], []
+    while candidates.count > 0:
+        best = torch.argmax(work).reshape(1)  # the first of equal maxima
+        kept.append(candidates.indices[best])
+        kept_scores.append(work[best])
+        iou = _pairwise_iou(candidates.select(best), candidates)[0].clamp_(min=0)  # NaN -> 0
+        work = work * decay(iou)
+        survives = work >= lowest
+        survives[best] = False
+        rows = survives.nonzero().squeeze(1)
+        candidates, work = candidates.select(rows), work[rows]
+    if not kept:
+        empty = torch.empty(0, dtype=torch.int64, device=boxes.device)
+        return empty, torch.empty(0, dtype=scores.dtype, device=boxes.device)
+    return torch.cat(kept), torch.cat(kept_scores).to(scores.dtype)
