@@ -31,6 +31,7 @@ from detlib.boxes import (
     remove_small_boxes,
 )
 from detlib.coder import BoxCoder
+from detlib.data import ShapesDataset, collate_detection, sample_boxes
 from detlib.heads import (
     BoxHead,
     ClassHead,
@@ -59,6 +60,7 @@ from detlib.rpn import (
     sample_proposals,
 )
 from detlib.sampling import BalancedPositiveNegativeSampler, balanced_sample, labels_from_matches
+from detlib.training import DetectorConfig, horizontal_flip, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
@@ -79,11 +81,13 @@ __all__ = [
     "ClassHead",
     "clip_boxes_to_image",
     "coco_evaluate",
+    "collate_detection",
     "complete_box_iou",
     "count_parameters",
     "detection_loss",
     "DetectionLoss",
     "Detections",
+    "DetectorConfig",
     "distance_box_iou",
     "EfficientDet",
     "efficientdet_config",
@@ -95,9 +99,11 @@ __all__ = [
     "generate_proposals",
     "greedy_bipartite_match",
     "greedy_match",
+    "horizontal_flip",
     "kmeans_anchor_shapes",
     "label_anchors",
     "labels_from_matches",
+    "load_checkpoint",
     "Matcher",
     "multiscale_roi_align",
     "nms",
@@ -109,10 +115,13 @@ __all__ = [
     "RoISamples",
     "rpn_loss",
     "RPNHead",
+    "sample_boxes",
     "sample_proposals",
+    "save_checkpoint",
     "SeparableConv2d",
     "set_value_checks",
     "shape_iou",
+    "ShapesDataset",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
     "soft_nms",

@@ -28,6 +28,7 @@ def execute(path: Path, timeout: int = 1800) -> float:
         resources={"metadata": {"path": str(path.parent)}},
         record_timing=False,
         store_widget_state=True,
+        coalesce_streams=True,  # one output per stream, progress bars reduced to their last state
     )
     start = time.perf_counter()
     client.execute()

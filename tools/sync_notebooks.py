@@ -40,8 +40,8 @@ DETLIB_SOURCE = os.environ.get("DETLIB_SOURCE", "git+{url}.git@{branch}")
 if importlib.util.find_spec("torch") is None:
     raise RuntimeError("This notebook needs PyTorch: see https://pytorch.org/get-started/locally/")
 if importlib.util.find_spec("detlib") is None:
-    needed = [name for name in ("numpy", "matplotlib", "ipywidgets", "anywidget")
-              if importlib.util.find_spec(name) is None]
+    needed = [name for name in ("numpy", "matplotlib", "ipywidgets", "anywidget", "tqdm",
+                                "pycocotools") if importlib.util.find_spec(name) is None]
     pip = [sys.executable, "-m", "pip", "install", "--quiet"]
     if needed:
         subprocess.run(pip + needed, check=True)
