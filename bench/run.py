@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+from torchvision.models.detection._utils import Matcher as TorchvisionMatcher
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
 from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.retinanet import RetinaNetHead, retinanet_resnet50_fpn
 
 import detlib
 from detlib import seeds
@@ -111,6 +113,115 @@ def roi_inputs(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     top_left = torch.rand(512, 2, generator=generator) * (800 - sizes)
     batch = torch.randint(0, 2, (512, 1), generator=generator).float()
     return features, torch.cat((batch, top_left, top_left + sizes), dim=1)
+
+
+def detection_targets(
+    generator: torch.Generator, batch: int, num_classes: int, image: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded ground truth for ``batch`` images of 1 to 9 objects each: boxes ``[B, 9, 4]`` and
+    labels ``[B, 9]`` (-1 on padding rows)."""
+    sizes = torch.exp(
+        torch.empty(batch, 9, 2).uniform_(np.log(16), np.log(300), generator=generator)
+    )
+    top_left = torch.rand(batch, 9, 2, generator=generator) * (image - sizes)
+    boxes = torch.cat((top_left, top_left + sizes), dim=2)
+    labels = torch.randint(0, num_classes, (batch, 9), generator=generator)
+    counts = torch.randint(1, 10, (batch, 1), generator=generator)
+    labels = torch.where(torch.arange(9) < counts, labels, -1)
+    return boxes, labels
+
+
+def loss_cases(device: torch.device, generator: torch.Generator) -> list[Case]:
+    """The RetinaNet loss of a batch, forward and backward: detlib's batched
+    ``detection_loss`` against torchvision's ``RetinaNetHead.compute_loss`` (its matching
+    included, as in ``RetinaNet.compute_loss``), with the same settings (so the same values)."""
+    batch, num_classes = 8, 20
+    anchors = detlib.AnchorGenerator.retinanet()((512, 512), device=device)
+    logits = (torch.randn(batch, len(anchors), num_classes, generator=generator) - 4).to(device)
+    deltas = (0.2 * torch.randn(batch, len(anchors), 4, generator=generator)).to(device)
+    boxes, labels = (t.to(device) for t in detection_targets(generator, batch, num_classes))
+    targets = [{"boxes": b[l >= 0], "labels": l[l >= 0]} for b, l in zip(boxes, labels)]
+    head = RetinaNetHead(8, 9, num_classes).to(device)
+    tv_matcher = TorchvisionMatcher(0.5, 0.4, allow_low_quality_matches=True)
+
+    def with_grad():
+        return logits.detach().requires_grad_(), deltas.detach().requires_grad_()
+
+    def detlib_loss():
+        cls, box = with_grad()
+        loss = detlib.detection_loss(cls, box, anchors, boxes, labels, beta=0.0, normalize="image")
+        loss.total.backward()
+
+    def torchvision_loss():
+        cls, box = with_grad()
+        matched = [tv_matcher(torchvision.ops.box_iou(t["boxes"], anchors)) for t in targets]
+        outputs = {"cls_logits": cls, "bbox_regression": box}
+        losses = head.compute_loss(targets, outputs, [anchors] * batch, matched)
+        sum(losses.values()).backward()
+
+    return [
+        Case(
+            "detection loss",
+            f"{batch} x {len(anchors):,} anchors x {num_classes} classes, fwd + bwd",
+            {"detlib": detlib_loss, "torchvision": torchvision_loss},
+            note="torchvision: RetinaNetHead.compute_loss after the matching of RetinaNet.compute_loss, "
+            "image by image; both in RetinaNet's settings (L1 box loss, per-image normalisation)",
+        )
+    ]
+
+
+def postprocess_cases(device: torch.device, generator: torch.Generator) -> list[Case]:
+    """From head outputs to detections for a batch: detlib's ``postprocess_detections`` (one
+    batched pass) against torchvision's ``RetinaNet.postprocess_detections`` (an image loop)."""
+    batch, num_classes = 4, 80
+    generator_of_anchors = detlib.AnchorGenerator.retinanet()
+    anchors = generator_of_anchors((512, 512), device=device)
+    per_level = [len(a) for a in generator_of_anchors.per_level((512, 512))]
+    logits = 1.5 * torch.randn(batch, len(anchors), num_classes, generator=generator) - 5
+    logits = logits.to(device)
+    deltas = (0.2 * torch.randn(batch, len(anchors), 4, generator=generator)).to(device)
+    retinanet = retinanet_resnet50_fpn(weights_backbone=None, num_classes=num_classes).eval()
+    head_outputs = {
+        "cls_logits": list(logits.split(per_level, dim=1)),
+        "bbox_regression": list(deltas.split(per_level, dim=1)),
+    }
+    per_image_anchors = [list(anchors.split(per_level))] * batch
+    sizes = [(512, 512)] * batch
+    return [
+        Case(
+            "postprocess (RetinaNet)",
+            f"{batch} x {len(anchors):,} anchors x {num_classes} classes",
+            {
+                "detlib": lambda: detlib.postprocess_detections(
+                    logits, deltas, anchors, (512, 512), num_anchors_per_level=per_level
+                ),
+                "torchvision": lambda: retinanet.postprocess_detections(
+                    head_outputs, per_image_anchors, sizes
+                ),
+            },
+            note="torchvision: RetinaNet.postprocess_detections, image by image; detlib: one "
+            "batched pass",
+        )
+    ]
+
+
+def iou_variant_cases(device: torch.device, generator: torch.Generator) -> list[Case]:
+    """GIoU, DIoU and CIoU matrices against torchvision's."""
+    a, b = random_boxes(2_000, generator).to(device), random_boxes(500, generator).to(device)
+    pairs = [
+        ("generalized_box_iou", detlib.generalized_box_iou, torchvision.ops.generalized_box_iou),
+        ("distance_box_iou", detlib.distance_box_iou, torchvision.ops.distance_box_iou),
+        ("complete_box_iou", detlib.complete_box_iou, torchvision.ops.complete_box_iou),
+    ]
+    return [
+        Case(
+            name,
+            "2,000 x 500",
+            {"detlib": lambda f=ours: f(a, b), "torchvision": lambda f=theirs: f(a, b)},
+            floor="<= 1.1x",
+        )
+        for name, ours, theirs in pairs
+    ]
 
 
 # ----------------------------------------------------------------------------- cases
@@ -220,6 +331,9 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
             note="seed: built in NumPy on the host (seed 000), then copied to the device",
         )
     )
+    cases += iou_variant_cases(device, gen)
+    cases += loss_cases(device, gen)
+    cases += postprocess_cases(device, gen)
     return cases
 
 
