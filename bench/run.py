@@ -120,15 +120,11 @@ def detection_targets(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded ground truth for ``batch`` images of 1 to 9 objects each: boxes ``[B, 9, 4]`` and
     labels ``[B, 9]`` (-1 on padding rows)."""
-    sizes = torch.exp(
-        torch.empty(batch, 9, 2).uniform_(np.log(16), np.log(300), generator=generator)
-    )
-    top_left = torch.rand(batch, 9, 2, generator=generator) * (image - sizes)
-    boxes = torch.cat((top_left, top_left + sizes), dim=2)
+    boxes = detlib.sample_boxes(batch * 9, (image, image), 16, 300, generator=generator)
     labels = torch.randint(0, num_classes, (batch, 9), generator=generator)
     counts = torch.randint(1, 10, (batch, 1), generator=generator)
     labels = torch.where(torch.arange(9) < counts, labels, -1)
-    return boxes, labels
+    return boxes.reshape(batch, 9, 4), labels
 
 
 def loss_cases(device: torch.device, generator: torch.Generator) -> list[Case]:

@@ -176,6 +176,23 @@ def check_positive(fn: str, name: str, value: float, *, allow_zero: bool = False
     return number
 
 
+def check_positive_int(fn: str, name: str, value: object) -> int:
+    """Raise ``ValueError`` unless ``value`` is an int >= 1 (bools refused); returns it as int."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_real(fn: str, name: str, value: object) -> float:
+    """Any real number but NaN (infinities allowed), as a Python float; bools are refused."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
+    number = float(value)
+    if math.isnan(number):
+        raise ValueError(f"{fn}: {name} must not be NaN")
+    return number
+
+
 def check_image_size(fn: str, name: str, size: object) -> tuple[int, int]:
     """Normalise an image size given as ``(height, width)``; raise if it is not two positive ints."""
     if isinstance(size, torch.Size):

@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detlib._checks import check_floating, check_positive, check_same_device, check_tensor
+from detlib._checks import (
+    check_floating,
+    check_positive,
+    check_positive_int,
+    check_same_device,
+    check_tensor,
+)
 
 FUSION_KINDS = ("fast", "softmax", "unbounded", "sum")
 LEVELS = (3, 4, 5, 6, 7)
@@ -114,9 +120,9 @@ class SeparableConv2d(nn.Module):
     ) -> None:
         super().__init__()
         fn = "SeparableConv2d"
-        in_channels = _check_count(fn, "in_channels", in_channels)
+        in_channels = check_positive_int(fn, "in_channels", in_channels)
         out_channels = in_channels if out_channels is None else out_channels
-        out_channels = _check_count(fn, "out_channels", out_channels)
+        out_channels = check_positive_int(fn, "out_channels", out_channels)
         if not isinstance(kernel_size, numbers.Integral) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"{fn}: kernel_size must be an odd positive int, got {kernel_size!r}")
         self.depthwise = nn.Conv2d(
@@ -153,7 +159,7 @@ class WeightedFusion(nn.Module):
     def __init__(self, num_inputs: int, kind: str = "fast", eps: float = 1e-4) -> None:
         super().__init__()
         fn = "WeightedFusion"
-        self.num_inputs = _check_count(fn, "num_inputs", num_inputs)
+        self.num_inputs = check_positive_int(fn, "num_inputs", num_inputs)
         self.kind = _check_fusion(fn, kind)
         self.eps = check_positive(fn, "eps", eps, allow_zero=True)
         if kind == "sum":
@@ -207,7 +213,7 @@ class BiFPNLayer(nn.Module):
 
     def __init__(self, channels: int, fusion: str = "fast", eps: float = 1e-4) -> None:
         super().__init__()
-        channels = _check_count("BiFPNLayer", "channels", channels)
+        channels = check_positive_int("BiFPNLayer", "channels", channels)
         self.fusions = nn.ModuleDict(
             {name: WeightedFusion(len(inputs), fusion, eps) for name, _, inputs in BIFPN_NODES}
         )
@@ -259,7 +265,7 @@ class BiFPNInputs(nn.Module):
     def __init__(self, in_channels: Sequence[int], channels: int) -> None:
         super().__init__()
         c3, c4, c5 = _check_in_channels("BiFPNInputs", in_channels)
-        channels = _check_count("BiFPNInputs", "channels", channels)
+        channels = check_positive_int("BiFPNInputs", "channels", channels)
         self.in_channels = (c3, c4, c5)
         self.p3 = _projection(c3, channels)
         self.p4 = _projection(c4, channels)
@@ -306,8 +312,8 @@ class BiFPN(nn.Module):
     ) -> None:
         super().__init__()
         fn = "BiFPN"
-        self.channels = _check_count(fn, "channels", channels)
-        self.num_layers = _check_count(fn, "num_layers", num_layers)
+        self.channels = check_positive_int(fn, "channels", channels)
+        self.num_layers = check_positive_int(fn, "num_layers", num_layers)
         self.fusion = _check_fusion(fn, fusion)
         self.inputs = None if in_channels is None else BiFPNInputs(in_channels, channels)
         self.layers = nn.ModuleList(
@@ -443,22 +449,17 @@ def _projection(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), _batch_norm(out_channels))
 
 
-def _check_count(fn: str, name: str, value: object) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def _check_fusion(fn: str, kind: object) -> str:
     if kind not in FUSION_KINDS:
         raise ValueError(f"{fn}: fusion must be one of {FUSION_KINDS}, got {kind!r}")
     return kind
 
 
-def _check_in_channels(fn: str, in_channels: object) -> tuple[int, int, int]:
+def _check_in_channels(
+    fn: str, in_channels: object, name: str = "in_channels"
+) -> tuple[int, int, int]:
     if not isinstance(in_channels, Sequence) or len(in_channels) != 3:
         raise ValueError(
-            f"{fn}: in_channels must give the channels of C3, C4 and C5 (3 ints), "
-            f"got {in_channels!r}"
+            f"{fn}: {name} must give the channels of C3, C4 and C5 (3 ints), got {in_channels!r}"
         )
-    return tuple(_check_count(fn, "in_channels", c) for c in in_channels)
+    return tuple(check_positive_int(fn, name, c) for c in in_channels)

@@ -103,14 +103,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     iou = inter / union
     x1a, y1a, x2a, y2a = boxes1.unbind(1)
     x1b, y1b, x2b, y2b = boxes2.unbind(1)
-    # The enclosing box spans from the smaller low edge to the larger high edge.
-    enclosing_w = _upcast(
-        torch.maximum(x2a[:, None], x2b) - torch.minimum(x1a[:, None], x1b)
-    ).clamp(min=0)
-    enclosing_h = _upcast(
-        torch.maximum(y2a[:, None], y2b) - torch.minimum(y1a[:, None], y1b)
-    ).clamp(min=0)
-    enclosing = enclosing_w * enclosing_h
+    enclosing = _enclosing_extent(x1a, x2a, x1b, x2b) * _enclosing_extent(y1a, y2a, y1b, y2b)
     return iou - (enclosing - union) / enclosing
 
 

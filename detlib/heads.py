@@ -20,13 +20,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from detlib._checks import check_floating, check_same_device, check_tensor
+from detlib._checks import check_floating, check_positive_int, check_same_device, check_tensor
 from detlib.anchors import AnchorGenerator
 from detlib.bifpn import (
     BiFPN,
     SeparableConv2d,
     _batch_norm,
-    _check_count,
     _check_in_channels,
     efficientdet_config,
 )
@@ -63,11 +62,11 @@ class _SharedHead(nn.Module):
     ) -> None:
         super().__init__()
         fn = type(self).__name__
-        self.channels = _check_count(fn, "channels", channels)
-        self.num_anchors = _check_count(fn, "num_anchors", num_anchors)
+        self.channels = check_positive_int(fn, "channels", channels)
+        self.num_anchors = check_positive_int(fn, "num_anchors", num_anchors)
         self.outputs_per_anchor = outputs_per_anchor
-        self.num_levels = _check_count(fn, "num_levels", num_levels)
-        num_layers = _check_count(fn, "num_layers", num_layers)
+        self.num_levels = check_positive_int(fn, "num_levels", num_levels)
+        num_layers = check_positive_int(fn, "num_layers", num_layers)
         self.convs = nn.ModuleList(SeparableConv2d(channels) for _ in range(num_layers))
         self.norms = nn.ModuleList(
             nn.ModuleList(_batch_norm(channels) for _ in range(num_layers))
@@ -136,7 +135,7 @@ class ClassHead(_SharedHead):
         num_levels: int = 5,
         prior_probability: float = 0.01,
     ) -> None:
-        num_classes = _check_count("ClassHead", "num_classes", num_classes)
+        num_classes = check_positive_int("ClassHead", "num_classes", num_classes)
         super().__init__(channels, num_anchors, num_classes, num_layers, num_levels)
         self.num_classes = num_classes
         nn.init.constant_(self.predict.pointwise.bias, prior_bias(prior_probability))
@@ -207,8 +206,8 @@ class TinyBackbone(nn.Module):
         super().__init__()
         if not isinstance(widths, Sequence) or len(widths) != 5:
             raise ValueError(f"TinyBackbone: widths must be 5 ints, got {widths!r}")
-        widths = [_check_count("TinyBackbone", "widths", w) for w in widths]
-        blocks, previous = [], _check_count("TinyBackbone", "in_channels", in_channels)
+        widths = [check_positive_int("TinyBackbone", "widths", w) for w in widths]
+        blocks, previous = [], check_positive_int("TinyBackbone", "in_channels", in_channels)
         for width in widths:
             blocks.append(
                 nn.Sequential(
@@ -274,7 +273,9 @@ class EfficientDet(nn.Module):
             raise TypeError(
                 f"EfficientDet: backbone must be an nn.Module, got {type(backbone).__name__}"
             )
-        backbone_channels = _check_in_channels("EfficientDet", backbone_channels)
+        backbone_channels = _check_in_channels(
+            "EfficientDet", backbone_channels, "backbone_channels"
+        )
         self.anchor_generator = AnchorGenerator.efficientdet(anchor_scale=anchor_scale)
         num_anchors = self.anchor_generator.num_anchors_per_location()[0]
         self.backbone = backbone

@@ -46,7 +46,8 @@ class _Image:
     gt_labels: np.ndarray  # [G]
 
 
-def _host(fn: str, name: str, value: object, shape: str) -> np.ndarray:
+def _host(fn: str, name: str, value: object) -> np.ndarray:
+    """A checked tensor as a float64 NumPy array on the host."""
     tensor = check_tensor(fn, name, value)
     return tensor.detach().to("cpu", torch.float64).numpy()
 
@@ -72,11 +73,11 @@ def _images(fn: str, predictions: Sequence[Mapping], targets: Sequence[Mapping])
         check_boxes(fn, f"predictions[{i}]['boxes']", pred["boxes"])
         check_boxes(fn, f"targets[{i}]['boxes']", target["boxes"])
         image = _Image(
-            det_boxes=_host(fn, "boxes", pred["boxes"], "[D, 4]").reshape(-1, 4),
-            det_scores=_host(fn, "scores", pred["scores"], "[D]").reshape(-1),
-            det_labels=_host(fn, "labels", pred["labels"], "[D]").reshape(-1),
-            gt_boxes=_host(fn, "boxes", target["boxes"], "[G, 4]").reshape(-1, 4),
-            gt_labels=_host(fn, "labels", target["labels"], "[G]").reshape(-1),
+            det_boxes=_host(fn, f"predictions[{i}]['boxes']", pred["boxes"]).reshape(-1, 4),
+            det_scores=_host(fn, f"predictions[{i}]['scores']", pred["scores"]).reshape(-1),
+            det_labels=_host(fn, f"predictions[{i}]['labels']", pred["labels"]).reshape(-1),
+            gt_boxes=_host(fn, f"targets[{i}]['boxes']", target["boxes"]).reshape(-1, 4),
+            gt_labels=_host(fn, f"targets[{i}]['labels']", target["labels"]).reshape(-1),
         )
         if not len(image.det_boxes) == len(image.det_scores) == len(image.det_labels):
             raise ValueError(
@@ -89,7 +90,11 @@ def _images(fn: str, predictions: Sequence[Mapping], targets: Sequence[Mapping])
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU ``[len(a), len(b)]`` of xyxy boxes, in float64 (no "+1")."""
+    """IoU ``[len(a), len(b)]`` of xyxy boxes, in float64 (no "+1").
+
+    Not :func:`detlib.box_iou`: evaluation runs on host arrays already checked, and a pair with
+    zero union must give IoU 0 as in pycocotools (``box_iou`` gives NaN, which ``argmax`` in the
+    VOC matching would pick)."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
     w = np.minimum(a[:, None, 2], b[:, 2]) - np.maximum(a[:, None, 0], b[:, 0])

@@ -45,7 +45,6 @@ Parity with torchvision, down to the last bit:
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
 import torch
@@ -54,6 +53,7 @@ from torch import Tensor
 from detlib._checks import (
     check_boxes,
     check_floating,
+    check_real,
     check_same_device,
     check_tensor,
     value_checks_enabled,
@@ -88,7 +88,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """
     fn = "nms"
     boxes, scores = _check_boxes_and_scores(fn, boxes, scores)
-    threshold = _check_iou_threshold(fn, iou_threshold)
+    threshold = check_real(fn, "iou_threshold", iou_threshold)
     return _greedy_nms(boxes, scores, None, threshold)
 
 
@@ -116,7 +116,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     fn = "batched_nms"
     boxes, scores = _check_boxes_and_scores(fn, boxes, scores)
     idxs = _check_categories(fn, idxs, boxes)
-    threshold = _check_iou_threshold(fn, iou_threshold)
+    threshold = check_real(fn, "iou_threshold", iou_threshold)
     return _greedy_nms(boxes, scores, idxs, threshold)
 
 
@@ -155,14 +155,22 @@ def _check_categories(fn: str, idxs: object, boxes: Tensor) -> Tensor:
     return idxs
 
 
-def _check_iou_threshold(fn: str, iou_threshold: object) -> float:
-    """Any real number but NaN, as a Python float."""
-    if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, bool):
-        raise TypeError(f"{fn}: iou_threshold must be a number, got {type(iou_threshold).__name__}")
-    threshold = float(iou_threshold)
-    if math.isnan(threshold):
-        raise ValueError(f"{fn}: iou_threshold must not be NaN")
-    return threshold
+def split_by_image(
+    keep: Tensor, image_of_keep: Tensor, batch: int, max_detections: int | None
+) -> list[Tensor]:
+    """Group the indices ``keep`` that :func:`batched_nms` returned (by decreasing score) by
+    image: one index tensor per image, in the same order, cut to ``max_detections`` (``None``:
+    no limit). ``image_of_keep`` is the image of each kept index. Used by the one-stage
+    post-processing and by the RPN's proposals, which both run one NMS for a whole batch."""
+    order = torch.sort(image_of_keep, stable=True).indices
+    keep, image_of_keep = keep[order], image_of_keep[order]
+    counts = torch.bincount(image_of_keep, minlength=batch)
+    if max_detections is not None:
+        first_of_image = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(keep), device=keep.device) - first_of_image[image_of_keep]
+        keep = keep[rank < max_detections]
+        counts = counts.clamp(max=max_detections)
+    return list(keep.split(counts.tolist()))
 
 
 # --- the algorithm ------------------------------------------------------------------------------
@@ -414,11 +422,11 @@ def soft_nms(
     """
     fn = "soft_nms"
     boxes, scores = _check_boxes_and_scores(fn, boxes, scores)
-    threshold = _check_iou_threshold(fn, iou_threshold)
-    sigma = _check_real(fn, "sigma", sigma)
+    threshold = check_real(fn, "iou_threshold", iou_threshold)
+    sigma = check_real(fn, "sigma", sigma)
     if not 0 < sigma < math.inf:
         raise ValueError(f"{fn}: sigma must be a finite number > 0, got {sigma!r}")
-    score_threshold = _check_real(fn, "score_threshold", score_threshold)
+    score_threshold = check_real(fn, "score_threshold", score_threshold)
     if method not in SOFT_NMS_METHODS:
         raise ValueError(f"{fn}: method must be one of {SOFT_NMS_METHODS}, got {method!r}")
     iou_dtype = _iou_dtype(boxes.dtype)
@@ -427,16 +435,6 @@ def soft_nms(
     else:  # Compare like nms on the CPU: as if the IoU were compared with the float64 threshold.
         decay = _linear_decay(_threshold_for(threshold, iou_dtype, torch.device("cpu")))
     return _soft_nms(boxes, scores, decay, score_threshold)
-
-
-def _check_real(fn: str, name: str, value: object) -> float:
-    """Any real number but NaN, as a Python float."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
-    number = float(value)
-    if math.isnan(number):
-        raise ValueError(f"{fn}: {name} must not be NaN")
-    return number
 
 
 def _gaussian_decay(sigma: float):

@@ -41,12 +41,13 @@ from detlib._checks import (
     check_boxes,
     check_floating,
     check_image_size,
+    check_real,
     check_same_device,
     check_tensor,
 )
 from detlib.boxes import clip_boxes_to_image
 from detlib.coder import BoxCoder
-from detlib.nms import batched_nms
+from detlib.nms import batched_nms, split_by_image
 
 __all__ = ["Detections", "postprocess_detections"]
 
@@ -119,8 +120,8 @@ def postprocess_detections(
     batch, num_anchors, num_classes = _check_head_outputs(fn, cls_logits, box_deltas, anchors)
     sizes = _check_image_sizes(fn, image_size, batch)
     levels = _check_levels(fn, num_anchors_per_level, num_anchors)
-    score_threshold = _check_real(fn, "score_threshold", score_threshold)
-    nms_threshold = _check_real(fn, "nms_threshold", nms_threshold)
+    score_threshold = check_real(fn, "score_threshold", score_threshold)
+    nms_threshold = check_real(fn, "nms_threshold", nms_threshold)
     topk_candidates = _check_count(fn, "topk_candidates", topk_candidates)
     max_detections = _check_count(fn, "max_detections", max_detections)
     if box_coder is None:
@@ -140,7 +141,7 @@ def postprocess_detections(
     keep = batched_nms(
         boxes, candidates.score, candidates.image * num_classes + candidates.label, nms_threshold
     )
-    per_image = _split_by_image(keep, candidates.image[keep], batch, max_detections)
+    per_image = split_by_image(keep, candidates.image[keep], batch, max_detections)
     return [
         Detections(boxes[rows], candidates.score[rows], candidates.label[rows])
         for rows in per_image
@@ -213,15 +214,6 @@ def _check_levels(fn: str, num_anchors_per_level: object, num_anchors: int) -> l
             f"got {list(num_anchors_per_level)} (sum {sum(num_anchors_per_level)})"
         )
     return [int(n) for n in num_anchors_per_level]
-
-
-def _check_real(fn: str, name: str, value: object) -> float:
-    """Any real number but NaN, as a Python float."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
-    if math.isnan(float(value)):
-        raise ValueError(f"{fn}: {name} must not be NaN")
-    return float(value)
 
 
 def _check_count(fn: str, name: str, value: object) -> int | None:
@@ -321,19 +313,3 @@ def _clip_per_image(boxes: Tensor, image: Tensor, sizes: list[tuple[int, int]]) 
     counts = torch.bincount(image, minlength=len(sizes)).tolist()
     groups = boxes.split(counts)
     return torch.cat([clip_boxes_to_image(g, s) for g, s in zip(groups, sizes, strict=True)])
-
-
-def _split_by_image(
-    keep: Tensor, image_of_keep: Tensor, batch: int, max_detections: int | None
-) -> list[Tensor]:
-    """Split ``keep`` (by decreasing score) into one index tensor per image, each in the same
-    order and cut to ``max_detections``."""
-    order = torch.sort(image_of_keep, stable=True).indices
-    keep, image_of_keep = keep[order], image_of_keep[order]
-    counts = torch.bincount(image_of_keep, minlength=batch)
-    if max_detections is not None:
-        first_of_image = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(len(keep), device=keep.device) - first_of_image[image_of_keep]
-        keep = keep[rank < max_detections]
-        counts = counts.clamp(max=max_detections)
-    return list(keep.split(counts.tolist()))

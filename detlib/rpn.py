@@ -44,8 +44,9 @@ from detlib._checks import (
 from detlib.boxes import box_iou
 from detlib.coder import BoxCoder
 from detlib.matching import Matcher
-from detlib.nms import batched_nms
+from detlib.nms import batched_nms, split_by_image
 from detlib.roi import roi_align
+from detlib.sampling import labels_from_matches
 
 __all__ = [
     "FastRCNNHead",
@@ -270,8 +271,7 @@ def label_anchors(
                 iou = iou.masked_fill(ignore, -1.0)  # never matched, never a box's best anchor
             matches = matcher(iou)
             matched[image] = boxes[matches.clamp(min=0)]
-            labels[image] = (matches >= 0).to(labels.dtype)
-            labels[image, matches == Matcher.BETWEEN_THRESHOLDS] = -1.0
+            labels[image] = labels_from_matches(matches).to(labels.dtype)
         if ignore is not None:
             labels[image, ignore] = -1.0
     return labels, matched
@@ -293,7 +293,9 @@ def sample_balanced(
 
     All rows at once: every element gets a random key, and the elements with the smallest keys
     among the positives (and among the negatives) of a row are drawn, so there is no loop over
-    images and no device-to-host copy.
+    images and no device-to-host copy. :func:`detlib.sampling.balanced_sample` applies the same
+    rule to one image with torchvision's random draws (the same picks for the same seed); use it
+    to compare with torchvision, and this one to sample a batch.
 
     Args:
         labels: ``Tensor[N]`` or ``Tensor[B, N]`` (one row per image), any real dtype.
@@ -499,14 +501,9 @@ def generate_proposals(
     # 5. NMS within each (image, level).
     category = image * len(levels) + level[keep]
     kept = batched_nms(boxes, logits, category, nms_thresh)
-    # 6. Best post_nms_top_n per image: batched_nms orders by score; a stable sort groups images.
-    kept = kept[torch.argsort(image[kept], stable=True)]
-    counts = torch.bincount(image[kept], minlength=num_images)
-    first_of_image = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(len(kept), device=device) - first_of_image[image[kept]]
-    kept = kept[rank < post_nms_top_n]
-    split = counts.clamp(max=post_nms_top_n).tolist()
-    return list(boxes[kept].split(split)), list(scores[kept].split(split))
+    # 6. Best post_nms_top_n per image (batched_nms orders by score).
+    per_image = split_by_image(kept, image[kept], num_images, post_nms_top_n)
+    return [boxes[rows] for rows in per_image], [scores[rows] for rows in per_image]
 
 
 def _check_rpn_outputs(
@@ -936,6 +933,8 @@ def fast_rcnn_loss(
         labels=labels,
         regression_targets=regression_targets,
     )
+    if not beta >= 0:
+        raise ValueError(f"{fn}: beta must be >= 0, got {beta!r}")
     if value_checks_enabled() and num_rois and bool(((labels < 0) | (labels >= num_classes)).any()):
         raise ValueError(
             f"{fn}: labels must be in [0, {num_classes}), got values from "

@@ -92,7 +92,8 @@ def balanced_sample(
     The random draws are the ones of torchvision's ``BalancedPositiveNegativeSampler`` (one
     ``randperm`` over the positives, then one over the negatives), so with the same seed the two
     pick the same examples. Counting the positives reads their number on the host (one
-    synchronisation on a GPU, as in torchvision).
+    synchronisation on a GPU, as in torchvision). :func:`detlib.rpn.sample_balanced` applies the
+    same rule to a whole batch at once, without that synchronisation, but with other draws.
 
     Args:
         labels: ``Tensor[N]``: ``>= 1`` positive, ``0`` negative, anything else ignored (use

@@ -166,3 +166,7 @@ def test_errors_name_the_argument(gen):
         EfficientNetFeatures("resnet50")
     with pytest.raises(ValueError, match=r"TinyBackbone: widths must be 5 ints"):
         TinyBackbone((4, 8))
+    with pytest.raises(ValueError, match=r"EfficientDet: backbone_channels must give the channels"):
+        EfficientDet(TinyBackbone(), (1, 2), 3)
+    with pytest.raises(ValueError, match=r"EfficientDet: backbone_channels must be a positive int"):
+        EfficientDet(TinyBackbone(), (8, 0, 8), 3)

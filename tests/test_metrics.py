@@ -173,6 +173,9 @@ def test_errors_name_the_argument():
         voc_evaluate([_image([[0, 0, 1, 1]], [1])], [target])
     with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\] has 1 box"):
         coco_evaluate([_image([], [], [])], [_image([[5, 0, 1, 1]], [1])])
+    scores_as_list = {"boxes": torch.zeros(1, 4), "scores": [0.5], "labels": torch.ones(1)}
+    with pytest.raises(TypeError, match=r"predictions\[0\]\['scores'\] must be a torch.Tensor"):
+        voc_evaluate([scores_as_list], [target])
 
 
 def test_no_detections_gives_zero_and_no_ground_truth_gives_no_class():

@@ -590,6 +590,10 @@ def test_fast_rcnn_loss_empty_and_errors():
         fast_rcnn_loss(
             torch.zeros(1, 3), torch.zeros(1, 12), torch.tensor([1.0]), torch.zeros(1, 4)
         )
+    with pytest.raises(ValueError, match=r"fast_rcnn_loss: beta must be >= 0, got -1"):
+        fast_rcnn_loss(
+            torch.zeros(1, 3), torch.zeros(1, 12), torch.tensor([1]), torch.zeros(1, 4), beta=-1
+        )
 
 
 # ----------------------------------------------------------------------------- devices
