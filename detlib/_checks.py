@@ -8,6 +8,10 @@ says what was expected. Two kinds of checks exist:
 * value checks (finite coordinates, x1 <= x2 and y1 <= y2) have to look at the data. On a GPU that
   means one small device-to-host copy (a single bool) per call. They run by default and can be
   switched off with :func:`detlib.set_value_checks` once a pipeline is known to be sound.
+
+The switch is per thread: turning the checks off in one thread leaves them on in every other
+thread (a data-loading thread, a server's request threads), and detlib itself never toggles it.
+Its own pipelines skip the repeated checks by calling unchecked internals instead.
 """
 
 from __future__ import annotations
@@ -15,28 +19,39 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import threading
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
-_VALUE_CHECKS = True
+
+class _Switch(threading.local):
+    """The value-check setting of the current thread; every thread starts with checks on."""
+
+    enabled = True
+
+
+_SWITCH = _Switch()
 
 
 def set_value_checks(enabled: bool) -> bool:
-    """Turn detlib's data-dependent input checks on or off; returns the previous setting.
+    """Turn detlib's data-dependent input checks on or off in the calling thread; returns the
+    previous setting of that thread.
 
     The checks (finite coordinates, ``x1 <= x2`` and ``y1 <= y2``) cost one reduction and, on a
     GPU, one synchronisation per call. Structural checks (types, shapes, devices) always run.
+    The setting belongs to the calling thread: other threads keep their own (on by default).
     """
-    global _VALUE_CHECKS
-    previous, _VALUE_CHECKS = _VALUE_CHECKS, bool(enabled)
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_value_checks: enabled must be True or False, got {enabled!r}")
+    previous, _SWITCH.enabled = _SWITCH.enabled, enabled
     return previous
 
 
 @contextlib.contextmanager
 def value_checks(enabled: bool) -> Iterator[None]:
-    """Context manager form of :func:`set_value_checks`."""
+    """Context manager form of :func:`set_value_checks` (for the calling thread)."""
     previous = set_value_checks(enabled)
     try:
         yield
@@ -45,8 +60,8 @@ def value_checks(enabled: bool) -> Iterator[None]:
 
 
 def value_checks_enabled() -> bool:
-    """Whether data-dependent input checks are currently on."""
-    return _VALUE_CHECKS
+    """Whether data-dependent input checks are on in the calling thread."""
+    return _SWITCH.enabled
 
 
 def _shape(t: Tensor) -> str:
@@ -84,7 +99,7 @@ def check_boxes(
             raise ValueError(f"{fn}: {name} must have shape [..., 4], got {_shape(boxes)}")
     elif boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"{fn}: {name} must have shape [N, 4], got {_shape(boxes)}")
-    if _VALUE_CHECKS and boxes.numel() > 0:
+    if _SWITCH.enabled and boxes.numel() > 0:
         _check_box_values(fn, name, boxes, fmt, strict)
     return boxes
 
@@ -211,7 +226,7 @@ def check_image_size(fn: str, name: str, size: object) -> tuple[int, int]:
 
 def check_finite(fn: str, name: str, value: Tensor) -> Tensor:
     """When value checks are on, raise ``ValueError`` if ``value`` holds NaN or infinity."""
-    if _VALUE_CHECKS and value.numel() > 0 and value.is_floating_point():
+    if _SWITCH.enabled and value.numel() > 0 and value.is_floating_point():
         low, high = _min_max(value)
         if not (low > -math.inf and high < math.inf):
             bad = int((~torch.isfinite(value)).sum())

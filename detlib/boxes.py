@@ -79,6 +79,11 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     check_boxes("box_iou", "boxes1", boxes1)
     check_boxes("box_iou", "boxes2", boxes2)
     check_same_device("box_iou", boxes1=boxes1, boxes2=boxes2)
+    return _box_iou(boxes1, boxes2)
+
+
+def _box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """:func:`box_iou` without its checks, for pipelines that checked their boxes once."""
     inter, union = _intersection_and_union(boxes1, boxes2)
     return inter / union
 

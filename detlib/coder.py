@@ -80,6 +80,10 @@ class BoxCoder:
                 f"{fn}: gt_boxes must have shape [..., N, 4] with N = {anchors.shape[0]} anchors, "
                 f"got {list(gt_boxes.shape)}"
             )
+        return self._encode(gt_boxes, anchors)
+
+    def _encode(self, gt_boxes: Tensor, anchors: Tensor) -> Tensor:
+        """:meth:`encode` without its checks, for pipelines that checked their boxes once."""
         anchors = anchors.to(gt_boxes.dtype)
         wx, wy, ww, wh = torch.as_tensor(self.weights, dtype=gt_boxes.dtype, device=gt_boxes.device)
 

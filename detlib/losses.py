@@ -18,10 +18,9 @@ from detlib._checks import (
     check_reduction,
     check_same_device,
     check_tensor,
-    value_checks,
     value_checks_enabled,
 )
-from detlib.boxes import box_iou
+from detlib.boxes import _box_iou
 from detlib.coder import BoxCoder
 from detlib.matching import Matcher
 
@@ -115,11 +114,15 @@ def smooth_l1_loss(
     check_reduction(fn, reduction)
     if not beta >= 0:
         raise ValueError(f"{fn}: beta must be >= 0, got {beta!r}")
+    return _reduce(_smooth_l1(input, target, beta), reduction)
+
+
+def _smooth_l1(input: Tensor, target: Tensor, beta: float) -> Tensor:
+    """Elementwise :func:`smooth_l1_loss` without checks."""
     diff = torch.abs(input - target)
     if beta == 0:
-        return _reduce(diff, reduction)
-    loss = torch.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta)
-    return _reduce(loss, reduction)
+        return diff
+    return torch.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta)
 
 
 # --------------------------------------------------------------------------- a one-stage detector
@@ -222,17 +225,17 @@ def detection_loss(
     wide = cls_logits.dtype in (torch.float16, torch.bfloat16)
     logits = cls_logits.float() if wide else cls_logits
     dtype = logits.dtype
-    with value_checks(False):  # checked once above; the steps below would check again
-        matched = _match_batch(anchors.to(dtype), gt_boxes.to(dtype), is_real, matcher)
-        positive = matched >= 0  # [B, N]
-        keep = matched != Matcher.BETWEEN_THRESHOLDS  # not ignored
-        gt_index = matched.clamp(min=0)
-        labels = torch.where(positive, gt_labels.gather(1, gt_index), 0)  # [B, N]
-        cls_sums = _classification_sums(logits, labels, positive, keep, alpha, gamma)
-        box_sums = _regression_sums(
-            box_deltas.to(dtype), anchors.to(dtype), gt_boxes.to(dtype), gt_index, positive,
-            coder, beta,
-        )  # fmt: skip
+    # Everything was checked above: the steps below call unchecked internals.
+    matched = _match_batch(anchors.to(dtype), gt_boxes.to(dtype), is_real, matcher)
+    positive = matched >= 0  # [B, N]
+    keep = matched != Matcher.BETWEEN_THRESHOLDS  # not ignored
+    gt_index = matched.clamp(min=0)
+    labels = torch.where(positive, gt_labels.gather(1, gt_index), 0)  # [B, N]
+    cls_sums = _classification_sums(logits, labels, positive, keep, alpha, gamma)
+    box_sums = _regression_sums(
+        box_deltas.to(dtype), anchors.to(dtype), gt_boxes.to(dtype), gt_index, positive, coder,
+        beta,
+    )  # fmt: skip
 
     num_positive = positive.sum(dim=1)  # [B]
     if normalize == "batch":
@@ -292,8 +295,8 @@ def _regression_sums(
     """
     image, anchor = positive.nonzero(as_tuple=True)  # [P] each
     boxes = gt_boxes[image, gt_index[image, anchor]]  # [P, 4]
-    targets = coder.encode(boxes, anchors[anchor])
-    per_anchor = smooth_l1_loss(deltas[image, anchor], targets, beta).sum(dim=1)  # [P]
+    targets = coder._encode(boxes, anchors[anchor])
+    per_anchor = _smooth_l1(deltas[image, anchor], targets, beta).sum(dim=1)  # [P]
     return per_anchor.new_zeros(len(positive)).index_add(0, image, per_anchor)
 
 
@@ -305,7 +308,7 @@ def _match_batch(anchors: Tensor, gt_boxes: Tensor, is_real: Tensor, matcher: Ma
     below any real IoU, so they are never any anchor's best ground truth.
     """
     batch_size, num_gt, _ = gt_boxes.shape
-    iou = box_iou(gt_boxes.reshape(-1, 4), anchors).reshape(batch_size, num_gt, len(anchors))
+    iou = _box_iou(gt_boxes.reshape(-1, 4), anchors).reshape(batch_size, num_gt, len(anchors))
     iou = iou.masked_fill(~is_real.unsqueeze(2), -1.0)  # [B, G, N]
     best_iou, best_gt = iou.max(dim=1)  # [B, N]: best ground truth of each anchor
     matched = torch.where(
