@@ -317,9 +317,10 @@ def _match_batch(anchors: Tensor, gt_boxes: Tensor, is_real: Tensor, matcher: Ma
         torch.where(best_iou < matcher.high_threshold, Matcher.BETWEEN_THRESHOLDS, best_gt),
     )
     if matcher.allow_low_quality_matches and len(anchors) > 0:
-        # Anchors that are some real box's best (ties included) keep their own best box.
+        # Anchors that are some real box's best (ties included) keep their own best box; a box
+        # that overlaps no anchor (best IoU 0) forces nothing, as in detlib.Matcher.
         best_of_gt = iou.amax(dim=2, keepdim=True)  # [B, G, 1]
-        is_best = (iou == best_of_gt) & is_real.unsqueeze(2)
+        is_best = (iou == best_of_gt) & (is_real & (best_of_gt.squeeze(2) > 0)).unsqueeze(2)
         matched = torch.where(is_best.any(dim=1), best_gt, matched)
     return matched
 

@@ -13,11 +13,28 @@ which ground truth it must learn to predict, or that it is background, or that i
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
 
 from detlib._checks import check_floating, check_tensor, value_checks_enabled
+
+
+def check_match_thresholds(
+    fn: str, high_name: str, high: object, low_name: str, low: object
+) -> tuple[float, float]:
+    """Check a pair of IoU thresholds for :class:`Matcher` in the words of the public function
+    ``fn`` that received them (``label_anchors`` names ``fg_iou_thresh``, not ``high_threshold``).
+
+    Returns ``(high, low)`` as floats; raises unless both are numbers in ``[0, 1]`` (bools and NaN
+    refused) with ``low <= high``.
+    """
+    high = _check_threshold(fn, high_name, high)
+    low = _check_threshold(fn, low_name, low)
+    if low > high:
+        raise ValueError(f"{fn}: {low_name} ({low}) must not exceed {high_name} ({high})")
+    return high, low
 
 
 class Matcher:
@@ -30,9 +47,17 @@ class Matcher:
     With ``allow_low_quality_matches``, each ground truth also keeps the anchor(s) that overlap
     it most, even below ``high_threshold``: otherwise a small or oddly shaped box that no anchor
     covers well would get no positive anchor at all. Ties keep every anchor with that IoU.
+    A ground truth whose best IoU is 0 (it overlaps no anchor) forces no match.
 
-    The same decisions as ``torchvision.models.detection._utils.Matcher``, except that an image
-    without ground truth returns all ``-1`` (every anchor is background) instead of raising.
+    The same decisions as ``torchvision.models.detection._utils.Matcher``, with two deliberate
+    differences:
+
+    * an image without ground truth returns all ``-1`` (every anchor is background) instead of
+      raising;
+    * a forced (low-quality) match needs an IoU above 0. torchvision forces a match on every
+      anchor that ties with a ground truth's best IoU, also when that IoU is 0: a box outside
+      every anchor (or of zero size) then makes *every* anchor positive (3,069 of 3,069 for a
+      128 x 128 RetinaNet image), each learning to predict a box it does not touch.
 
     Args:
         high_threshold: IoU from which an anchor is positive (0.5 RetinaNet, 0.7 RPN).
@@ -46,16 +71,15 @@ class Matcher:
     def __init__(
         self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = False
     ):
-        for name, value in (("high_threshold", high_threshold), ("low_threshold", low_threshold)):
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"Matcher: {name} must be a number in [0, 1], got {value!r}")
-        if low_threshold > high_threshold:
-            raise ValueError(
-                f"Matcher: low_threshold ({low_threshold}) must not exceed high_threshold ({high_threshold})"
+        self.high_threshold, self.low_threshold = check_match_thresholds(
+            "Matcher", "high_threshold", high_threshold, "low_threshold", low_threshold
+        )
+        if not isinstance(allow_low_quality_matches, bool):
+            raise TypeError(
+                "Matcher: allow_low_quality_matches must be True or False, "
+                f"got {allow_low_quality_matches!r}"
             )
-        self.high_threshold = float(high_threshold)
-        self.low_threshold = float(low_threshold)
-        self.allow_low_quality_matches = bool(allow_low_quality_matches)
+        self.allow_low_quality_matches = allow_low_quality_matches
 
     def __repr__(self) -> str:
         return (
@@ -110,8 +134,10 @@ class Matcher:
         The anchor keeps its own best ground truth (not necessarily the one it is best for), as
         in Detectron and torchvision.
         """
-        best_iou_of_gt = quality.max(dim=1).values  # [G]
-        _, anchor_idx = torch.nonzero(quality == best_iou_of_gt[:, None], as_tuple=True)
+        best_iou_of_gt = quality.max(dim=1, keepdim=True).values  # [G, 1]
+        # A ground truth that overlaps nothing ties with every anchor at 0: it forces no match.
+        is_best = (quality == best_iou_of_gt) & (best_iou_of_gt > 0)
+        _, anchor_idx = torch.nonzero(is_best, as_tuple=True)
         matches[anchor_idx] = best_matches[anchor_idx]
 
 
@@ -144,7 +170,7 @@ def _check_no_nan(fn: str, row_max: Tensor) -> None:
 
 
 def _check_threshold(fn: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{fn}: {name} must be a number in [0, 1], got {value!r}")
     return float(value)
 

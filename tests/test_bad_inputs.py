@@ -44,3 +44,37 @@ def test_detection_loss_never_toggles_the_switch(monkeypatch):
 def test_set_value_checks_wants_a_bool():
     with pytest.raises(TypeError, match="set_value_checks: enabled must be True or False"):
         detlib.set_value_checks("no")
+
+
+# --------------------------------------------------------------------------- 2. forced matches at IoU 0
+def test_matcher_forces_no_match_at_iou_zero():
+    quality = torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.1, 0.0]])
+    matches = detlib.Matcher(0.5, 0.4, allow_low_quality_matches=True)(quality)
+    # ground truth 0 overlaps nothing: it forces no match; ground truth 1 keeps anchor 0
+    assert matches.tolist() == [1, -1, -1]
+
+
+def test_label_anchors_box_outside_every_anchor_gives_no_positive():
+    anchors = detlib.AnchorGenerator.retinanet()((128, 128))
+    labels, _ = detlib.label_anchors(anchors, [torch.tensor([[5000.0, 5000, 5010, 5010]])])
+    assert int((labels == 1).sum()) == 0
+
+
+def test_detection_loss_box_outside_every_anchor_adds_no_positive():
+    anchors = detlib.AnchorGenerator.retinanet()((128, 128))
+    n = len(anchors)
+    inside = torch.tensor([[10.0, 10, 60, 70]])
+    far = torch.tensor([[5000.0, 5000, 5010, 5010]])
+    args = (torch.zeros(1, n, 2), torch.zeros(1, n, 4), anchors)
+    one = detlib.detection_loss(*args, [inside], [torch.tensor([0])])
+    two = detlib.detection_loss(*args, [torch.cat([inside, far])], [torch.tensor([0, 1])])
+    assert int(one.num_positive) == int(two.num_positive) > 0
+
+
+def test_matcher_thresholds_refuse_bools_and_nan():
+    with pytest.raises(ValueError, match="Matcher: high_threshold must be a number"):
+        detlib.Matcher(True, 0.4)
+    with pytest.raises(ValueError, match="Matcher: low_threshold must be a number in"):
+        detlib.Matcher(0.5, float("nan"))
+    with pytest.raises(TypeError, match="allow_low_quality_matches must be True or False"):
+        detlib.Matcher(0.5, 0.4, "yes")
