@@ -99,6 +99,11 @@ def check_boxes(
             raise ValueError(f"{fn}: {name} must have shape [..., 4], got {_shape(boxes)}")
     elif boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"{fn}: {name} must have shape [N, 4], got {_shape(boxes)}")
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(
+            f"{fn}: {name} must hold real coordinates (a floating or integer dtype), "
+            f"got {boxes.dtype}"
+        )
     if _SWITCH.enabled and boxes.numel() > 0:
         _check_box_values(fn, name, boxes, fmt, strict)
     return boxes
@@ -106,6 +111,8 @@ def check_boxes(
 
 def _extent(boxes: Tensor, fmt: str) -> Tensor:
     """Width and height of boxes in the given format, ``[..., 2]`` (for validation only)."""
+    if not boxes.is_floating_point():
+        boxes = boxes.long()  # uint8 differences would wrap around: 1 - 5 = 252
     if fmt in ("xyxy", "yxyx"):
         return torch.diff(boxes.reshape(-1, 2, 2), dim=1).reshape(*boxes.shape[:-1], 2)
     return boxes[..., 2:]  # xywh and cxcywh store the size directly

@@ -23,6 +23,13 @@ def _upcast(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.int32, torch.int64) else t.int()
 
 
+def _widen_int(t: Tensor) -> Tensor:
+    """Integer coordinates as int32 or int64 before they are subtracted: a difference of uint8
+    coordinates would wrap around (1 - 5 = 252). Floating coordinates are left as they are, so
+    that float16 results round as torchvision's do."""
+    return t if t.is_floating_point() else _upcast(t)
+
+
 def box_area(boxes: Tensor) -> Tensor:
     """Area of each box.
 
@@ -54,6 +61,7 @@ def _pairwise_extent(lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tens
 
 def _intersection_and_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
     """Pairwise intersection and union areas, both ``Tensor[N, M]``."""
+    boxes1, boxes2 = _widen_int(boxes1), _widen_int(boxes2)
     area1 = _area(boxes1)
     area2 = _area(boxes2)
     x1a, y1a, x2a, y2a = boxes1.unbind(1)
@@ -104,6 +112,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     check_boxes("generalized_box_iou", "boxes1", boxes1)
     check_boxes("generalized_box_iou", "boxes2", boxes2)
     check_same_device("generalized_box_iou", boxes1=boxes1, boxes2=boxes2)
+    boxes1, boxes2 = _widen_int(boxes1), _widen_int(boxes2)
     inter, union = _intersection_and_union(boxes1, boxes2)
     iou = inter / union
     x1a, y1a, x2a, y2a = boxes1.unbind(1)
@@ -114,7 +123,8 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 def _enclosing_extent(lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
     """Length of the smallest interval enclosing ``[lo1, hi1]`` and ``[lo2, hi2]``, ``[N, M]``."""
-    return _upcast(torch.maximum(hi1[:, None], hi2) - torch.minimum(lo1[:, None], lo2)).clamp(min=0)
+    hi, lo = torch.maximum(hi1[:, None], hi2), torch.minimum(lo1[:, None], lo2)
+    return _upcast(_widen_int(hi) - _widen_int(lo)).clamp(min=0)
 
 
 def _distance_iou_and_iou(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -263,6 +273,7 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
         ``Tensor[K]`` (int64) of kept indices, in increasing order.
     """
     check_boxes("remove_small_boxes", "boxes", boxes)
+    boxes = _widen_int(boxes)
     widths = boxes[:, 2] - boxes[:, 0]
     heights = boxes[:, 3] - boxes[:, 1]
     keep = (widths >= min_size) & (heights >= min_size)

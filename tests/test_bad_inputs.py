@@ -78,3 +78,37 @@ def test_matcher_thresholds_refuse_bools_and_nan():
         detlib.Matcher(0.5, float("nan"))
     with pytest.raises(TypeError, match="allow_low_quality_matches must be True or False"):
         detlib.Matcher(0.5, 0.4, "yes")
+
+
+# --------------------------------------------------------------------------- 3. integer and bool boxes
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize(
+    "name", ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou"]
+)
+def test_integer_boxes_give_the_float_results(name, dtype):
+    fn = getattr(detlib, name)
+    a = torch.tensor([[1, 1, 5, 5], [0, 0, 2, 8]])
+    b = torch.tensor([[3, 3, 9, 9], [6, 7, 9, 10], [1, 1, 5, 5]])
+    expected = fn(a.double(), b.double())
+    assert torch.allclose(fn(a.to(dtype), b.to(dtype)).double(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32])
+def test_integer_boxes_with_x1_after_x2_are_refused(dtype):
+    with pytest.raises(ValueError, match="box_iou: boxes1 has 1 box.* negative size"):
+        detlib.box_iou(torch.tensor([[5, 0, 1, 1]], dtype=dtype), torch.zeros(1, 4))
+
+
+def test_remove_small_boxes_of_uint8_boxes():
+    boxes = torch.tensor([[5, 5, 6, 6], [0, 0, 10, 10]], dtype=torch.uint8)
+    assert detlib.remove_small_boxes(boxes, 2).tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    "name", ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_area"]
+)
+def test_bool_boxes_are_refused(name):
+    boxes = torch.ones(2, 4, dtype=torch.bool)
+    args = (boxes,) if name == "box_area" else (boxes, boxes)
+    with pytest.raises(TypeError, match=f"{name}: boxes1? must hold real coordinates"):
+        getattr(detlib, name)(*args)
