@@ -107,6 +107,13 @@ class Matcher:
             raise ValueError(
                 f"{fn}: match_quality_matrix must have shape [G, N], got {list(quality.shape)}"
             )
+        if value_checks_enabled() and quality.numel() > 0:
+            # max propagates NaN: the anchors' best IoUs hold one wherever the matrix does
+            _check_no_nan(fn, quality.amax(dim=0))
+        return self._match(quality)
+
+    def _match(self, quality: Tensor) -> Tensor:
+        """:meth:`__call__` without checks, for pipelines that computed ``quality`` themselves."""
         num_gt, num_anchors = quality.shape
         if num_gt == 0:
             return torch.full(

@@ -112,3 +112,14 @@ def test_bool_boxes_are_refused(name):
     args = (boxes,) if name == "box_area" else (boxes, boxes)
     with pytest.raises(TypeError, match=f"{name}: boxes1? must hold real coordinates"):
         getattr(detlib, name)(*args)
+
+
+# --------------------------------------------------------------------------- 4. NaN in a match matrix
+@pytest.mark.parametrize("allow_low_quality", [False, True])
+def test_matcher_refuses_nan(allow_low_quality):
+    matcher = detlib.Matcher(0.5, 0.4, allow_low_quality)
+    with pytest.raises(ValueError, match="Matcher: match_quality_matrix holds NaN"):
+        matcher(torch.tensor([[0.9, float("nan")]]))
+    # the unchecked internal gives the same matches as the checked call on clean input
+    quality = torch.tensor([[0.9, 0.1], [0.3, 0.45]])
+    assert torch.equal(matcher._match(quality), matcher(quality))
