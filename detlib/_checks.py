@@ -186,7 +186,10 @@ def check_same_device(fn: str, **tensors: Tensor) -> None:
 
 
 def check_positive(fn: str, name: str, value: float, *, allow_zero: bool = False) -> float:
-    """Raise ``ValueError`` unless ``value`` is a (strictly) positive finite number."""
+    """Raise ``ValueError`` unless ``value`` is a (strictly) positive finite number (bools are
+    refused with a ``TypeError``)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be a number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -15,6 +15,7 @@ from detlib._checks import (
     check_boxes,
     check_floating,
     check_positive,
+    check_real,
     check_reduction,
     check_same_device,
     check_tensor,
@@ -31,6 +32,31 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     if reduction == "sum":
         return loss.sum()
     return loss
+
+
+def _power(base: Tensor, gamma: float) -> Tensor:
+    """``base ** gamma`` for ``base >= 0``, with a finite gradient where ``base`` is 0.
+
+    At a saturated logit ``1 - p_t`` is exactly 0, and the derivative of ``x ** gamma`` there is
+    infinite for ``0 < gamma < 1``: multiplied by the 0 of the sigmoid's derivative it makes the
+    gradient NaN (torchvision's focal loss has this NaN). The loss is flat there (its true
+    gradient tends to 0), so the power is taken of 1 instead where ``base`` is 0 and replaced by
+    its value, ``0`` (or ``1`` when ``gamma`` is 0). Elsewhere values and gradients are unchanged.
+    """
+    if gamma == 0:
+        return torch.ones_like(base)
+    is_zero = base == 0
+    return torch.where(is_zero, 0.0, torch.where(is_zero, 1.0, base).pow(gamma))
+
+
+def _check_alpha(fn: str, alpha: object) -> float:
+    """``alpha`` in ``[0, 1]``, or negative to disable the weighting; NaN and bools refused."""
+    alpha = check_real(fn, "alpha", alpha)
+    if alpha > 1:
+        raise ValueError(
+            f"{fn}: alpha must be in [0, 1] (or negative to disable it), got {alpha!r}"
+        )
+    return alpha
 
 
 def _check_pair(fn: str, first: str, a: object, second: str, b: object) -> tuple[Tensor, Tensor]:
@@ -73,17 +99,13 @@ def sigmoid_focal_loss(
     fn = "sigmoid_focal_loss"
     inputs, targets = _check_pair(fn, "inputs", inputs, "targets", targets)
     check_reduction(fn, reduction)
-    if alpha > 1:
-        raise ValueError(
-            f"{fn}: alpha must be in [0, 1] (or negative to disable it), got {alpha!r}"
-        )
-    if gamma < 0:
-        raise ValueError(f"{fn}: gamma must be >= 0, got {gamma!r}")
+    _check_alpha(fn, alpha)
+    gamma = check_positive(fn, "gamma", gamma, allow_zero=True)
     targets = targets.to(inputs.dtype)
     p = torch.sigmoid(inputs)
     ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
     p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce_loss * ((1 - p_t) ** gamma)
+    loss = ce_loss * _power(1 - p_t, gamma)
     if alpha >= 0:
         alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
         loss = alpha_t * loss
@@ -112,8 +134,7 @@ def smooth_l1_loss(
     fn = "smooth_l1_loss"
     input, target = _check_pair(fn, "input", input, "target", target)
     check_reduction(fn, reduction)
-    if not beta >= 0:
-        raise ValueError(f"{fn}: beta must be >= 0, got {beta!r}")
+    beta = check_positive(fn, "beta", beta, allow_zero=True)
     return _reduce(_smooth_l1(input, target, beta), reduction)
 
 
@@ -255,7 +276,7 @@ def _focal_term(logits: Tensor, gamma: float) -> Tensor:
 
     For target 1 the loss is the same function of ``-x``: ``(1 - p) ** gamma * -log(p)``.
     """
-    return torch.sigmoid(logits).pow(gamma) * F.softplus(logits)
+    return _power(torch.sigmoid(logits), gamma) * F.softplus(logits)
 
 
 def _classification_sums(
@@ -332,10 +353,7 @@ def _check_settings(
         raise TypeError(f"{fn}: matcher must be a detlib.Matcher, got {type(matcher).__name__}")
     if not isinstance(coder, BoxCoder):
         raise TypeError(f"{fn}: coder must be a detlib.BoxCoder, got {type(coder).__name__}")
-    if not isinstance(alpha, (int, float)) or alpha != alpha or alpha > 1:
-        raise ValueError(
-            f"{fn}: alpha must be in [0, 1] (or negative to disable it), got {alpha!r}"
-        )
+    _check_alpha(fn, alpha)
     check_positive(fn, "gamma", gamma, allow_zero=True)
     check_positive(fn, "beta", beta, allow_zero=True)
     if normalize not in NORMALIZATIONS:

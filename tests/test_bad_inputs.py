@@ -123,3 +123,43 @@ def test_matcher_refuses_nan(allow_low_quality):
     # the unchecked internal gives the same matches as the checked call on clean input
     quality = torch.tensor([[0.9, 0.1], [0.3, 0.45]])
     assert torch.equal(matcher._match(quality), matcher(quality))
+
+
+# --------------------------------------------------------------------------- 5. focal loss gradient
+@pytest.mark.parametrize("gamma", [0.25, 0.5, 0.75])
+@pytest.mark.parametrize("logit, target", [(20.0, 1.0), (-20.0, 0.0), (-200.0, 0.0), (200.0, 1.0)])
+def test_focal_loss_gradient_is_finite_at_saturated_logits(gamma, logit, target):
+    x = torch.tensor([logit, 0.3, -1.2], requires_grad=True)
+    t = torch.tensor([target, 1.0, 0.0])
+    detlib.sigmoid_focal_loss(x, t, gamma=gamma, reduction="sum").backward()
+    assert torch.isfinite(x.grad).all()
+    assert abs(float(x.grad[0])) < 1e-6  # the loss is flat where the prediction is certain
+    # elsewhere the gradient is torchvision's
+    from torchvision.ops import sigmoid_focal_loss as tv_focal
+
+    y = x.detach()[1:].clone().requires_grad_(True)
+    tv_focal(y, t[1:], gamma=gamma, reduction="sum").backward()
+    assert torch.allclose(x.grad[1:], y.grad)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_detection_loss_gradient_is_finite_at_saturated_logits(gamma):
+    anchors = torch.tensor([[0.0, 0, 10, 10], [50.0, 50, 60, 60]])
+    logits = torch.tensor([[[200.0, -200.0], [-200.0, -300.0]]], requires_grad=True)
+    loss = detlib.detection_loss(
+        logits, torch.zeros(1, 2, 4), anchors, [anchors[:1]], [torch.tensor([0])], gamma=gamma
+    )
+    loss.total.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_focal_loss_settings_refuse_nan_and_bools():
+    x = torch.zeros(3)
+    with pytest.raises(ValueError, match="sigmoid_focal_loss: alpha must not be NaN"):
+        detlib.sigmoid_focal_loss(x, x, alpha=float("nan"))
+    with pytest.raises(ValueError, match="sigmoid_focal_loss: gamma must be a finite number"):
+        detlib.sigmoid_focal_loss(x, x, gamma=float("nan"))
+    with pytest.raises(TypeError, match="sigmoid_focal_loss: gamma must be a number"):
+        detlib.sigmoid_focal_loss(x, x, gamma=True)
+    with pytest.raises(TypeError, match="smooth_l1_loss: beta must be a number"):
+        detlib.smooth_l1_loss(x, x, beta=False)

@@ -80,9 +80,9 @@ def test_errors():
         sigmoid_focal_loss(x, x, reduction="average")
     with pytest.raises(TypeError, match="inputs must have a floating-point dtype"):
         sigmoid_focal_loss(torch.zeros(3, dtype=torch.int64), x)
-    with pytest.raises(ValueError, match="gamma must be >= 0"):
+    with pytest.raises(ValueError, match="gamma must be a finite number >= 0"):
         sigmoid_focal_loss(x, x, gamma=-1)
-    with pytest.raises(ValueError, match="beta must be >= 0"):
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
         smooth_l1_loss(x, x, beta=-0.1)
     with pytest.raises(TypeError, match="target must be a torch.Tensor"):
         smooth_l1_loss(x, [0.0, 0.0, 0.0])
