@@ -47,7 +47,7 @@ from detlib._checks import (
 )
 from detlib.boxes import clip_boxes_to_image
 from detlib.coder import BoxCoder
-from detlib.nms import batched_nms, split_by_image
+from detlib.suppression import batched_nms, split_by_image
 
 __all__ = ["Detections", "postprocess_detections"]
 

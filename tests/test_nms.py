@@ -11,11 +11,11 @@ import torchvision.ops as tvops
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detlib.nms import batched_nms, nms
+from detlib.suppression import batched_nms, nms
 from tests.conftest import random_boxes
 
-# ``detlib.nms`` the module (``detlib`` may re-export the function under the same name).
-nms_module = importlib.import_module("detlib.nms")
+# ``detlib.suppression``, the module.
+nms_module = importlib.import_module("detlib.suppression")
 
 DTYPES = [torch.float32, torch.float64]
 

@@ -10,7 +10,7 @@ import torchvision.ops as tvops
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detlib.nms import soft_nms
+from detlib.suppression import soft_nms
 from tests.conftest import random_boxes
 
 
