@@ -338,7 +338,7 @@ def _feature(seed: int, c: int = 2, h: int = 7, w: int = 9, dtype=torch.float64)
 
 
 def _ref_bilinear(feature, y, x):
-    from detlib.roi import roi_align
+    from detlib import roi_align
 
     roi = torch.tensor([[0.0, x - 0.5, y - 0.5, x + 0.5, y + 0.5]], dtype=feature.dtype)
     return roi_align(feature[None], roi, 1, sampling_ratio=1, aligned=False)[0, :, 0, 0]
@@ -360,7 +360,7 @@ def _cases_bilinear():
 
 
 def _ref_roi_align_one(feature, box, output_size, sampling_ratio, aligned):
-    from detlib.roi import roi_align
+    from detlib import roi_align
 
     return roi_align(
         feature[None], [box[None]], output_size, sampling_ratio=sampling_ratio, aligned=aligned
@@ -387,7 +387,7 @@ def _cases_roi_align_one():
 
 
 def _ref_roi_pool_one(feature, box, output_size):
-    from detlib.roi import roi_pool
+    from detlib import roi_pool
 
     return roi_pool(feature[None], [box[None]], output_size)[0]
 
@@ -434,13 +434,13 @@ def _nms_cases() -> list[Case]:
 
 
 def _ref_nms(boxes, scores, threshold):
-    from detlib.suppression import nms
+    from detlib import nms
 
     return nms(boxes, scores, threshold)
 
 
 def _ref_batched_nms(boxes, scores, labels, threshold):
-    from detlib.suppression import batched_nms
+    from detlib import batched_nms
 
     return batched_nms(boxes, scores, labels, threshold)
 
@@ -466,7 +466,7 @@ def _cases_batched_nms():
 
 
 def _ref_soft_nms(boxes, scores, sigma, score_threshold):
-    from detlib.suppression import soft_nms
+    from detlib import soft_nms
 
     return soft_nms(boxes, scores, sigma=sigma, score_threshold=score_threshold, method="gaussian")
 

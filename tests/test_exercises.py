@@ -251,20 +251,20 @@ def _bilinear_nearest(f, y, x):
 
 
 def _roi_align_centre_sample(f, box, output_size, sampling_ratio, aligned):
-    from detlib.roi import roi_align
+    from detlib import roi_align
 
     # ignores sampling_ratio: one sample per bin
     return roi_align(f[None], [box[None]], output_size, sampling_ratio=1, aligned=aligned)[0]
 
 
 def _roi_align_never_aligned(f, box, output_size, sampling_ratio, aligned):
-    from detlib.roi import roi_align
+    from detlib import roi_align
 
     return roi_align(f[None], [box[None]], output_size, sampling_ratio=sampling_ratio)[0]
 
 
 def _roi_pool_as_align(f, box, output_size):
-    from detlib.roi import roi_align
+    from detlib import roi_align
 
     return roi_align(f[None], [box[None]], output_size, sampling_ratio=2)[0]
 
