@@ -9,7 +9,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed-stamp
 CHAPTERS := $(sort $(wildcard chapters/*.ipynb))
 
-.PHONY: setup vendor book test test-unit test-notebooks test-book test-browser browser-deps bench notebooks sync lint clean
+.PHONY: setup vendor book test test-unit test-notebooks test-book test-browser test-compat browser-deps bench notebooks sync lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@echo "==> [setup] creating $(VENV) (if missing) and installing requirements.txt + detlib (editable)"
@@ -49,6 +49,14 @@ test-book: setup vendor
 test-browser: setup browser-deps
 	@echo "==> [test] the built book in Chromium, offline (screenshots in _build/screenshots/)"
 	$(BIN)/pytest tests/browser -q
+
+# Not part of `make test`: it downloads several PyTorch releases (GBs, kept in the wheel cache).
+# Throwaway environments under $DETLIB_COMPAT_DIR (default /tmp/detlib-compat) at the floors of
+# pyproject.toml and at the newest releases; unit tests and every chapter (nbval lax) in each.
+test-compat:
+	@echo "==> [compat] the declared floors and the newest releases, installed as Colab's bootstrap does"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PYTHON) tools/compat.py
+	@echo "==> [compat] results: book/_generated/compat.md (the book's Compatibility page)"
 
 # Debian's Chromium for the browser tests (Playwright's own browser download is not used).
 browser-deps:

@@ -16,6 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = None
+
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -97,3 +102,56 @@ def test_chapter_bootstraps_detlib_in_a_fresh_runtime(tmp_path, monkeypatch):
     assert not torch_file.startswith(runtime_root), "torch is the runtime's own, never reinstalled"
     bootstrap_output = "".join(o.get("text", "") for o in nb.cells[2].outputs)
     assert "running on" in bootstrap_output
+
+
+def _bootstrap_source() -> str:
+    from tools import sync_notebooks
+
+    url, branch = sync_notebooks.repository()
+    return sync_notebooks.expected_cells(CHAPTER, url, branch)[1]
+
+
+@pytest.mark.skipif(tomllib is None, reason="tomllib needs Python >= 3.11")
+def test_bootstrap_floors_are_pyprojects():
+    from tools import sync_notebooks
+
+    floors = sync_notebooks.runtime_floors()
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert [f"{name}>={version}" for name, version in floors.items()] == dependencies
+    assert f"check_floors({json.dumps(floors)})" in _bootstrap_source()
+
+
+def test_bootstrap_stops_on_a_torch_below_the_floor(monkeypatch, capsys):
+    import importlib.metadata
+
+    from tools import sync_notebooks
+
+    floors = sync_notebooks.runtime_floors()
+    real_version = importlib.metadata.version
+    old = {"torch": "2.1.2+cu121", "torchvision": "0.16.2+cu121"}
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda name: old.get(name) or real_version(name)
+    )
+    with pytest.raises(RuntimeError) as raised:
+        exec(_bootstrap_source(), {})
+    message = str(raised.value)
+    assert f"torch >= {floors['torch']}" in message and "torch 2.1.2+cu121" in message
+    assert f"torchvision >= {floors['torchvision']}" in message and "0.16.2+cu121" in message
+    assert f'pip install --upgrade "torch>={floors["torch"]}"' in message
+    assert "restart the runtime" in message
+    assert "numpy" not in message  # only what is too old is named
+    assert "running on" not in capsys.readouterr().out  # it stopped before the rest of the cell
+
+
+def test_bootstrap_passes_at_the_floor_and_above(monkeypatch, capsys):
+    import importlib.metadata
+
+    from tools import sync_notebooks
+
+    floors = sync_notebooks.runtime_floors()
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda name: floors.get(name) or real_version(name)
+    )
+    exec(_bootstrap_source(), {})  # detlib is importable here: nothing is installed
+    assert "running on" in capsys.readouterr().out

@@ -5,9 +5,11 @@ it too). A chapter opens with its title (a markdown cell starting with ``# ``); 
 the two cells that follow it from the URL:
 
 * a markdown cell tagged ``colab-badge`` with an "Open in Colab" link to the chapter;
-* a code cell tagged ``bootstrap`` (collapsed in the HTML book) that installs detlib when it is
-  not importable (a fresh Colab runtime) from ``DETLIB_SOURCE`` (default: the repository), never
-  reinstalling PyTorch, and then picks the device once for the chapter.
+* a code cell tagged ``bootstrap`` (collapsed in the HTML book) that first stops, saying what it
+  found, what is needed and how to upgrade, when the runtime's torch, torchvision, numpy or
+  matplotlib is older than detlib's floors (read from ``pyproject.toml``: one place); then installs
+  detlib when it is not importable (a fresh Colab runtime) from ``DETLIB_SOURCE`` (default: the
+  repository), never reinstalling PyTorch, and picks the device once for the chapter.
 
 Usage: ``python tools/sync_notebooks.py [--check] chapters/*.ipynb``. With ``--check`` nothing is
 written and the exit status says whether every chapter is in step (tests/test_book.py uses it).
@@ -16,6 +18,8 @@ written and the exit status says whether every chapter is in step (tests/test_bo
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -31,14 +35,41 @@ BOOTSTRAP_TEMPLATE = """\
 # keeps the runtime's own PyTorch; locally, `make book` has installed it already. Set the
 # environment variable DETLIB_SOURCE to install from elsewhere (a local checkout, a fork).
 import importlib
+import importlib.metadata
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
 DETLIB_SOURCE = os.environ.get("DETLIB_SOURCE", "git+{url}.git@{branch}")
 if importlib.util.find_spec("torch") is None:
     raise RuntimeError("This notebook needs PyTorch: see https://pytorch.org/get-started/locally/")
+
+
+def check_floors(floors):  # stop, saying what to do, if the runtime's packages are too old
+    def release(version):  # "2.5.1+cu121" -> (2, 5, 1)
+        return tuple(int(n) for n in re.findall(r"\\d+", version.split("+")[0])[:3])
+
+    found = {{}}
+    for name in floors:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass  # not installed: numpy and matplotlib are installed below, torch is checked above
+    old = [name for name in found if release(found[name]) < release(floors[name])]
+    if old:
+        raise RuntimeError(
+            "detlib needs " + ", ".join(f"{{name}} >= {{floors[name]}}" for name in old)
+            + "; this runtime has " + ", ".join(f"{{name}} {{found[name]}}" for name in old)
+            + ". Upgrade with\\n    !pip install --upgrade "
+            + " ".join(f'"{{name}}>={{floors[name]}}"' for name in old)
+            + "\\nthen restart the runtime (Colab: Runtime > Restart session) and run it again."
+        )
+
+
+# The oldest releases detlib is tested with (its pyproject.toml; `make test-compat`).
+check_floors({floors})
 if importlib.util.find_spec("detlib") is None:
     needed = [name for name in ("numpy", "matplotlib", "ipywidgets", "anywidget", "tqdm",
                                 "pycocotools") if importlib.util.find_spec(name) is None]
@@ -59,6 +90,19 @@ BADGE_TEMPLATE = (
 )
 
 
+def runtime_floors(pyproject_path: Path = ROOT / "pyproject.toml") -> dict[str, str]:
+    """The floors the bootstrap checks, ``{"torch": "2.2.2", ...}``, from ``[project]
+    dependencies`` (each ``name>=version``), in the order they are declared."""
+    text = pyproject_path.read_text()
+    block = re.search(r"^dependencies\s*=\s*\[(.*?)\]", text, re.M | re.S)
+    if block is None:
+        raise ValueError(f"{pyproject_path}: no [project] dependencies list")
+    floors = dict(re.findall(r'"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9.]*)\s*"', block.group(1)))
+    if "torch" not in floors or "torchvision" not in floors:
+        raise ValueError(f"{pyproject_path}: dependencies must declare torch>= and torchvision>=")
+    return floors
+
+
 def repository(config_path: Path = ROOT / "_config.yml") -> tuple[str, str]:
     """The repository URL (without a trailing ``.git`` or slash) and branch from ``_config.yml``."""
     config = yaml.safe_load(config_path.read_text())
@@ -72,7 +116,8 @@ def expected_cells(notebook_path: Path, url: str, branch: str) -> tuple[str, str
     """The badge markdown and the bootstrap code a chapter must start with."""
     github_repo = url.split("github.com/", 1)[1]
     badge = BADGE_TEMPLATE.format(repo=github_repo, branch=branch, name=notebook_path.name)
-    return badge, BOOTSTRAP_TEMPLATE.format(url=url, branch=branch)
+    floors = json.dumps(runtime_floors())
+    return badge, BOOTSTRAP_TEMPLATE.format(url=url, branch=branch, floors=floors)
 
 
 def _tagged(nb: nbformat.NotebookNode, tag: str) -> list[nbformat.NotebookNode]:
