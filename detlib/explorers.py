@@ -1,0 +1,220 @@
+"""The chapters' explorers: figures the reader drives, computed in the browser (anywidget).
+
+Each explorer's JavaScript (``detlib/static/*_explorer.js``) does the arithmetic in the browser,
+so it works in the static HTML book (offline, no kernel), in Jupyter and in Colab; its Python
+class syncs the settings back to the kernel and computes the same result with detlib
+(``result()``, ``describe()``). ``tests/test_explorers_js.py`` runs the JavaScript under node on
+random settings and compares it with detlib.
+
+* :class:`NMSExplorer` (chapter 7): greedy NMS and Soft-NMS on a crowd of scored boxes.
+* :class:`IoUExplorer` (chapter 2): two boxes, IoU / GIoU / DIoU / CIoU and their curves.
+
+The classes are built on first use, so that importing detlib does not import anywidget.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import torch
+
+__all__ = ["describe_suppression", "nms_scene", "suppress"]  # and the lazily built classes
+
+_STATIC = Path(__file__).parent / "static"
+NMS_METHODS = ("greedy", "gaussian", "linear")
+
+
+def fixed(value: float, digits: int) -> str:
+    """``value`` with ``digits`` decimals as JavaScript's ``toFixed`` writes it (ties away from
+    zero on the exact binary value, where Python's format rounds ties to even)."""
+    quantum = Decimal(1).scaleb(-digits)
+    text = str(Decimal(value).quantize(quantum, rounding=ROUND_HALF_UP))
+    return "0." + "0" * digits if text == "-" + "0." + "0" * digits else text
+
+
+# --------------------------------------------------------------------------- chapter 7: NMS
+def nms_scene(
+    num_objects: int = 5,
+    per_object: int = 7,
+    clutter: int = 6,
+    size: tuple[int, int] = (320, 480),
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A crowd of scored detections: ``boxes`` ``[N, 4]`` and ``scores`` ``[N]`` (float64).
+
+    ``num_objects`` objects, each found ``per_object`` times with jittered boxes and decreasing
+    scores, two of them overlapping heavily (people side by side), plus ``clutter`` low-scored
+    boxes. Coordinates are multiples of 1/4 pixel and scores have 4 decimals, so the browser and
+    Python read the same numbers. ``size = (height, width)``.
+    """
+    if num_objects < 1 or per_object < 1 or clutter < 0:
+        raise ValueError(
+            "nms_scene: num_objects and per_object must be >= 1 and clutter >= 0, got "
+            f"{num_objects}, {per_object}, {clutter}"
+        )
+    height, width = size
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.rand(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    wh = torch.stack((rand(num_objects) * 0.2 + 0.12, rand(num_objects) * 0.3 + 0.2), 1)
+    wh = wh * torch.tensor([width, height], dtype=torch.float64)
+    centre = (
+        rand(num_objects, 2) * torch.tensor([width, height]) * 0.7
+        + torch.tensor([width, height]) * 0.15
+    )
+    if num_objects >= 2:  # a second object right beside the first: IoU around 0.3 to 0.5
+        centre[1] = centre[0] + torch.tensor([0.35, 0.05], dtype=torch.float64) * wh[0]
+        wh[1] = wh[0]
+    boxes, scores = [], []
+    for k in range(num_objects):
+        top = 0.6 + 0.35 * float(rand(1))
+        for j in range(per_object):
+            jitter = (rand(4) - 0.5) * 0.25 * wh[k].repeat(2)
+            box = torch.cat((centre[k] - wh[k] / 2, centre[k] + wh[k] / 2)) + jitter
+            boxes.append(box)
+            scores.append(top * (1 - 0.12 * j) * (0.9 + 0.1 * float(rand(1))))
+    for _ in range(clutter):
+        c = rand(2) * torch.tensor([width, height], dtype=torch.float64)
+        s = (rand(2) * 0.1 + 0.05) * torch.tensor([width, height], dtype=torch.float64)
+        boxes.append(torch.cat((c - s / 2, c + s / 2)))
+        scores.append(0.05 + 0.2 * float(rand(1)))
+    out = torch.stack(boxes)
+    out[:, 0::2] = out[:, 0::2].clamp(0, width)
+    out[:, 1::2] = out[:, 1::2].clamp(0, height)
+    out = torch.round(out * 4) / 4
+    return out, torch.round(torch.tensor(scores, dtype=torch.float64) * 1e4) / 1e4
+
+
+def suppress(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    method: str = "greedy",
+    iou_threshold: float = 0.5,
+    sigma: float = 0.5,
+    score_threshold: float = 0.001,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the NMS explorer computes: ``(keep, kept_scores)`` by detlib, ``method`` one of
+    ``NMS_METHODS`` ("greedy" is :func:`detlib.nms`, the others :func:`detlib.soft_nms`)."""
+    from detlib import nms, soft_nms
+
+    if method not in NMS_METHODS:
+        raise ValueError(f"suppress: method must be one of {NMS_METHODS}, got {method!r}")
+    if method == "greedy":
+        keep = nms(boxes, scores, iou_threshold)
+        return keep, scores[keep]
+    return soft_nms(
+        boxes,
+        scores,
+        iou_threshold=iou_threshold,
+        sigma=sigma,
+        score_threshold=score_threshold,
+        method=method,
+    )
+
+
+def describe_suppression(
+    keep: list[int],
+    kept_scores: list[float],
+    total: int,
+    method: str,
+    iou_threshold: float,
+    sigma: float,
+    score_threshold: float,
+) -> str:
+    """The sentence the NMS explorer shows (the same as its JavaScript's ``describe``)."""
+    if method == "greedy":
+        name = f"greedy NMS at IoU {fixed(iou_threshold, 2)}"
+    elif method == "gaussian":
+        name = (
+            f"Gaussian Soft-NMS, sigma {fixed(sigma, 2)}, "
+            f"score threshold {fixed(score_threshold, 2)}"
+        )
+    else:
+        name = (
+            f"linear Soft-NMS at IoU {fixed(iou_threshold, 2)}, "
+            f"score threshold {fixed(score_threshold, 2)}"
+        )
+    shown = [f"{i} ({fixed(s, 2)})" for i, s in zip(keep[:8], kept_scores[:8])]
+    more = ", ..." if len(keep) > 8 else ""
+    return f"{name} keeps {len(keep)} of {total} boxes: {', '.join(shown)}{more}"
+
+
+def _anywidget_base():
+    try:
+        import anywidget
+    except ImportError as error:  # pragma: no cover - anywidget is in requirements.txt
+        raise ImportError("the explorers need anywidget: pip install anywidget") from error
+    return anywidget.AnyWidget
+
+
+def _make_nms_explorer():
+    import traitlets
+
+    class NMSExplorer(_anywidget_base()):
+        """Greedy NMS and Soft-NMS on a crowd of scored boxes, computed in the browser.
+
+        Controls: the method (greedy, Gaussian or linear Soft-NMS), the IoU threshold, Soft-NMS's
+        sigma and score threshold. The kept boxes are drawn with their order and (decayed)
+        scores. :meth:`result` and :meth:`describe` give detlib's answer for the current settings.
+        """
+
+        _esm = _STATIC / "nms_explorer.js"
+        _css = _STATIC / "explorers.css"
+        method = traitlets.Unicode("greedy").tag(sync=True)
+        iou_threshold = traitlets.Float(0.5).tag(sync=True)
+        sigma = traitlets.Float(0.5).tag(sync=True)
+        score_threshold = traitlets.Float(0.05).tag(sync=True)
+        boxes = traitlets.List().tag(sync=True)
+        scores = traitlets.List().tag(sync=True)
+        image_width = traitlets.Int(480).tag(sync=True)
+        image_height = traitlets.Int(320).tag(sync=True)
+
+        def __init__(self, seed: int = 0, **settings):
+            super().__init__(**settings)
+            boxes, scores = nms_scene(size=(self.image_height, self.image_width), seed=seed)
+            self.boxes, self.scores = boxes.tolist(), scores.tolist()
+
+        @traitlets.validate("method")
+        def _valid_method(self, proposal):
+            if proposal["value"] not in NMS_METHODS:
+                raise traitlets.TraitError(
+                    f"NMSExplorer: method must be one of {NMS_METHODS}, got {proposal['value']!r}"
+                )
+            return proposal["value"]
+
+        def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+            """detlib's ``(keep, kept_scores)`` for the current settings."""
+            return suppress(
+                torch.tensor(self.boxes, dtype=torch.float64).reshape(-1, 4),
+                torch.tensor(self.scores, dtype=torch.float64),
+                self.method,
+                self.iou_threshold,
+                self.sigma,
+                self.score_threshold,
+            )
+
+        def describe(self) -> str:
+            """The sentence the browser shows, computed by detlib in the kernel."""
+            keep, kept = self.result()
+            return describe_suppression(
+                keep.tolist(),
+                kept.tolist(),
+                len(self.boxes),
+                self.method,
+                self.iou_threshold,
+                self.sigma,
+                self.score_threshold,
+            )
+
+    return NMSExplorer
+
+
+_FACTORIES = {"NMSExplorer": _make_nms_explorer}
+
+
+def __getattr__(name: str):
+    if name in _FACTORIES:
+        cls = _FACTORIES[name]()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

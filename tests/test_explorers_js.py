@@ -1,0 +1,131 @@
+"""The chapter explorers compute in the browser what detlib computes: run their modules under node.
+
+Each explorer's JavaScript (detlib/static/*_explorer.js) does its arithmetic in the browser (the
+static HTML book has no kernel). These tests import that very file in node, run it on random
+settings and compare the results with detlib's.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from detlib.explorers import _STATIC, describe_suppression, fixed, nms_scene, suppress
+
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(
+    NODE is None, reason="node is not installed (the book's build needs it too)"
+)
+
+
+def run_node(tmp_path, module: str, body: str, payload: object):
+    """Import ``detlib/static/<module>.js`` as ``m`` in node, run ``body`` on ``input``, return
+    what it writes (JSON)."""
+    (tmp_path / f"{module}.mjs").write_text((_STATIC / f"{module}.js").read_text())
+    script = tmp_path / "run.mjs"
+    script.write_text(
+        f"import * as m from './{module}.mjs';\n"
+        "import { readFileSync } from 'node:fs';\n"
+        "const input = JSON.parse(readFileSync(process.argv[2], 'utf8'));\n"
+        f"{body}\n"
+    )
+    data = tmp_path / "input.json"
+    data.write_text(json.dumps(payload))
+    result = subprocess.run(
+        [NODE, str(script), str(data)], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    return json.loads(result.stdout)
+
+
+# --------------------------------------------------------------------------- NMS (chapter 7)
+def _nms_settings(count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    settings = []
+    for k in range(count):
+        settings.append(
+            dict(
+                method=("greedy", "gaussian", "linear")[k % 3],
+                iou_threshold=round(rng.choice([0.0, 1.0]) if k % 7 == 6 else rng.random(), 2),
+                sigma=round(0.05 + 1.45 * rng.random(), 2),
+                score_threshold=round(0.9 * rng.random() ** 2, 2),
+                seed=rng.randrange(1000),
+            )
+        )
+    return settings
+
+
+NMS_BODY = (
+    "const out = input.map((c) => {\n"
+    "  const r = m.suppress(c.boxes, c.scores, c.settings);\n"
+    "  return { keep: r.keep, scores: r.scores,\n"
+    "           text: m.describe(r, c.settings, c.boxes.length) };\n"
+    "});\n"
+    "process.stdout.write(JSON.stringify(out));"
+)
+
+
+def test_browser_nms_equals_detlib_on_random_settings(tmp_path):
+    cases, expected = [], []
+    for s in _nms_settings(30, seed=1):
+        boxes, scores = nms_scene(seed=s["seed"], num_objects=2 + s["seed"] % 5)
+        settings = {k: v for k, v in s.items() if k != "seed"}
+        cases.append(dict(boxes=boxes.tolist(), scores=scores.tolist(), settings=settings))
+        keep, kept = suppress(boxes, scores, **settings)
+        text = describe_suppression(keep.tolist(), kept.tolist(), len(boxes), **settings)
+        expected.append((keep.tolist(), kept, text))
+    results = run_node(tmp_path, "nms_explorer", NMS_BODY, cases)
+    for case, result, (keep, kept, text) in zip(cases, results, expected):
+        assert result["keep"] == keep, case["settings"]
+        # greedy scores are the inputs; Soft-NMS's decays use exp (libm vs. PyTorch: last bit)
+        assert torch.allclose(torch.tensor(result["scores"], dtype=torch.float64), kept, rtol=1e-12)
+        assert result["text"] == text
+
+
+def test_browser_nms_edge_cases(tmp_path):
+    ties = [[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0], [0.0, 0.0, 10.0, 10.0]]
+    flat = [[5.0, 5.0, 5.0, 9.0], [5.0, 5.0, 5.0, 9.0], [0.0, 0.0, 4.0, 4.0]]  # zero-area pair
+    cases = []
+    for boxes, scores in [(ties, [0.9, 0.9, 0.9]), (flat, [0.5, 0.6, 0.7]), ([], [])]:
+        for method in ("greedy", "gaussian", "linear"):
+            settings = dict(method=method, iou_threshold=0.5, sigma=0.5, score_threshold=0.001)
+            cases.append(dict(boxes=boxes, scores=scores, settings=settings))
+    results = run_node(tmp_path, "nms_explorer", NMS_BODY, cases)
+    for case, result in zip(cases, results):
+        boxes = torch.tensor(case["boxes"], dtype=torch.float64).reshape(-1, 4)
+        keep, kept = suppress(
+            boxes, torch.tensor(case["scores"], dtype=torch.float64), **case["settings"]
+        )
+        assert result["keep"] == keep.tolist(), case
+        assert result["scores"] == pytest.approx(kept.tolist(), rel=1e-12)
+
+
+def test_fixed_writes_numbers_as_javascript_does(tmp_path):
+    values = [0.125, 0.375, 0.005, 1.005, 0.0, 0.994999, 2.5, 0.615, 1e-9]
+    js = run_node(
+        tmp_path,
+        "nms_explorer",
+        "process.stdout.write(JSON.stringify(input.map((v) => v.toFixed(2))));",
+        values,
+    )
+    assert js == [fixed(v, 2) for v in values]
+
+
+def test_nms_explorer_state_round_trips():
+    from detlib.explorers import NMSExplorer
+
+    explorer = NMSExplorer(method="gaussian", sigma=0.3)
+    state = explorer.get_state()
+    assert state["method"] == "gaussian" and state["sigma"] == 0.3
+    assert len(explorer.boxes) == len(explorer.scores) == 5 * 7 + 6
+    keep, kept = explorer.result()
+    assert explorer.describe().startswith("Gaussian Soft-NMS, sigma 0.30")
+    assert len(keep) == len(kept) > 0
+    import traitlets
+
+    with pytest.raises(traitlets.TraitError, match="method must be one of"):
+        explorer.method = "fast"
