@@ -163,3 +163,34 @@ def test_focal_loss_settings_refuse_nan_and_bools():
         detlib.sigmoid_focal_loss(x, x, gamma=True)
     with pytest.raises(TypeError, match="smooth_l1_loss: beta must be a number"):
         detlib.smooth_l1_loss(x, x, beta=False)
+
+
+# --------------------------------------------------------------------------- 6. detection_loss memory
+def test_detection_loss_matches_image_by_image(monkeypatch):
+    """The IoU matrices are [G_i, N], never [B * G, N]: memory does not grow with the batch."""
+    import detlib.losses
+
+    shapes = []
+    real_box_iou = detlib.losses._box_iou
+
+    def spy(a, b):
+        shapes.append(tuple(a.shape))
+        return real_box_iou(a, b)
+
+    monkeypatch.setattr(detlib.losses, "_box_iou", spy)
+    gen = torch.Generator().manual_seed(0)
+    anchors = detlib.AnchorGenerator.retinanet()((128, 128))
+    counts = [30, 1, 0, 2]
+    boxes = []
+    for n in counts:
+        xy = torch.rand(n, 2, generator=gen) * 80
+        boxes.append(torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=gen) * 30], 1))
+    labels = [torch.zeros(n, dtype=torch.int64) for n in counts]
+    b, n = len(counts), len(anchors)
+    logits, deltas = torch.randn(b, n, 2, generator=gen), torch.randn(b, n, 4, generator=gen)
+    loss = detlib.detection_loss(logits, deltas, anchors, boxes, labels)
+    assert max(rows for rows, _ in shapes) == 30
+    # the same positives as the Matcher on each image alone
+    matcher = detlib.Matcher(0.5, 0.4, allow_low_quality_matches=True)
+    expected = [int((matcher(detlib.box_iou(g, anchors)) >= 0).sum()) for g in boxes]
+    assert loss.num_positive.tolist() == expected
