@@ -44,22 +44,12 @@ from detlib.heads import (
 from detlib.losses import DetectionLoss, detection_loss, sigmoid_focal_loss, smooth_l1_loss
 from detlib.matching import Matcher, greedy_bipartite_match, greedy_match, ssd_match
 from detlib.metrics import coco_evaluate, voc_average_precision, voc_evaluate
-from detlib.nms import batched_nms, nms, soft_nms
 from detlib.postprocess import Detections, postprocess_detections
-from detlib.roi import roi_align, roi_pool
-from detlib.rpn import (
-    FastRCNNHead,
-    RoISamples,
-    RPNHead,
-    assign_fpn_levels,
-    fast_rcnn_loss,
-    generate_proposals,
-    label_anchors,
-    multiscale_roi_align,
-    rpn_loss,
-    sample_proposals,
-)
+from detlib.roi import assign_fpn_levels, multiscale_roi_align, roi_align, roi_pool
+from detlib.rpn import RPNHead, generate_proposals, label_anchors, rpn_loss
 from detlib.sampling import BalancedPositiveNegativeSampler, balanced_sample, labels_from_matches
+from detlib.second_stage import FastRCNNHead, RoISamples, fast_rcnn_loss, sample_proposals
+from detlib.suppression import batched_nms, nms, soft_nms
 from detlib.training import DetectorConfig, horizontal_flip, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"

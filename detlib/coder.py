@@ -124,6 +124,10 @@ class BoxCoder:
                 f"got {list(deltas.shape)}"
             )
         check_finite(fn, "deltas", deltas)
+        return self._decode(deltas, anchors)
+
+    def _decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
+        """:meth:`decode` without its checks, for pipelines that checked their inputs once."""
         anchors = anchors.to(deltas.dtype)
         wx, wy, ww, wh = self.weights
 

@@ -20,11 +20,14 @@ from torch import Tensor
 from detlib._checks import check_tensor
 from detlib.matching import Matcher
 
+__all__ = ["BalancedPositiveNegativeSampler", "balanced_sample", "labels_from_matches"]
 
-def _check_labels(fn: str, name: str, labels: object) -> Tensor:
+
+def _check_labels(fn: str, name: str, labels: object, batched: bool = False) -> Tensor:
     labels = check_tensor(fn, name, labels)
-    if labels.dim() != 1:
-        raise ValueError(f"{fn}: {name} must have shape [N], got {list(labels.shape)}")
+    if labels.dim() != 1 and not (batched and labels.dim() == 2):
+        shape = "[N] or [B, N]" if batched else "[N]"
+        raise ValueError(f"{fn}: {name} must have shape {shape}, got {list(labels.shape)}")
     if labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(f"{fn}: {name} must hold integer or floating labels, got {labels.dtype}")
     return labels
@@ -92,12 +95,17 @@ def balanced_sample(
     The random draws are the ones of torchvision's ``BalancedPositiveNegativeSampler`` (one
     ``randperm`` over the positives, then one over the negatives), so with the same seed the two
     pick the same examples. Counting the positives reads their number on the host (one
-    synchronisation on a GPU, as in torchvision). :func:`detlib.rpn.sample_balanced` applies the
-    same rule to a whole batch at once, without that synchronisation, but with other draws.
+    synchronisation on a GPU, as in torchvision).
+
+    A batch ``Tensor[B, N]`` (one row per image, e.g. the labels of :func:`detlib.label_anchors`)
+    is drawn in one go, with the same rule in every row but other random draws: every element
+    gets a random key, and the elements with the smallest keys among the positives (and among
+    the negatives) of a row are drawn, so there is no loop over images and no device-to-host
+    copy. A row of a batch is therefore not drawn like the same labels given alone as ``[N]``.
 
     Args:
-        labels: ``Tensor[N]``: ``>= 1`` positive, ``0`` negative, anything else ignored (use
-            :func:`labels_from_matches` for a matcher's output).
+        labels: ``Tensor[N]`` or ``Tensor[B, N]``: ``>= 1`` positive, ``0`` negative, anything
+            else ignored (use :func:`labels_from_matches` for a matcher's output).
         batch_size_per_image: the most examples to draw (256 for the RPN, 512 for RoI heads).
         positive_fraction: the largest share of positives (0.5 for the RPN, 0.25 for RoI heads).
         generator: random generator; ``None`` uses PyTorch's global one on the labels' device.
@@ -105,15 +113,18 @@ def balanced_sample(
             there and copies them to the labels' device, so the picks are the same on every device.
 
     Returns:
-        ``(positive, negative)``: two ``Tensor[N]`` bool masks on the labels' device, disjoint.
+        ``(positive, negative)``: two bool masks of the shape of ``labels``, on its device,
+        disjoint.
     """
     fn = "balanced_sample"
-    labels = _check_labels(fn, "labels", labels)
+    labels = _check_labels(fn, "labels", labels, batched=True)
     _check_sampler_settings(fn, batch_size_per_image, positive_fraction)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"{fn}: generator must be a torch.Generator, got {type(generator).__name__}"
         )
+    if labels.dim() == 2:
+        return _balanced_sample_rows(labels, batch_size_per_image, positive_fraction, generator)
     positive = torch.where(labels >= 1)[0]
     negative = torch.where(labels == 0)[0]
     num_positive = min(positive.numel(), int(batch_size_per_image * positive_fraction))
@@ -125,6 +136,33 @@ def balanced_sample(
     positive_mask[positive[pick_positive]] = True
     negative_mask[negative[pick_negative]] = True
     return positive_mask, negative_mask
+
+
+def _balanced_sample_rows(
+    labels: Tensor,
+    batch_size_per_image: int,
+    positive_fraction: float,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`balanced_sample` of every row of ``labels`` (``[B, N]``) at once, by random keys.
+
+    The keys are drawn on the generator's device (the CPU for a CPU generator, so that CPU and
+    GPU runs draw the same elements) and copied to the device of ``labels``.
+    """
+    is_positive, is_negative = labels >= 1, labels == 0
+    num_positive = is_positive.sum(dim=1).clamp(max=int(batch_size_per_image * positive_fraction))
+    num_negative = torch.minimum(is_negative.sum(dim=1), batch_size_per_image - num_positive)
+    key_device = generator.device if generator is not None else labels.device
+    keys = torch.rand(labels.shape, generator=generator, device=key_device).to(labels.device)
+    # Positives sort first, negatives second, the rest last; ranks then count within each group.
+    keys = keys + torch.where(is_positive, 0.0, torch.where(is_negative, 2.0, 4.0))
+    order = keys.argsort(dim=1)
+    position = torch.arange(labels.shape[1], device=labels.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, position)
+    positives_in_row = is_positive.sum(dim=1, keepdim=True)
+    positive = is_positive & (rank < num_positive[:, None])
+    negative = is_negative & (rank - positives_in_row < num_negative[:, None])
+    return positive, negative
 
 
 class BalancedPositiveNegativeSampler:

@@ -1,4 +1,5 @@
-"""detlib.rpn: hand-made cases, parity with torchvision's Faster R-CNN pieces, empty inputs,
+"""detlib.rpn, detlib.second_stage and detlib.roi.multiscale: hand-made cases, parity with
+torchvision's Faster R-CNN pieces, empty inputs,
 argument errors and gradients."""
 
 import math
@@ -16,18 +17,10 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
 from detlib import AnchorGenerator, BoxCoder
-from detlib.rpn import (
-    FastRCNNHead,
-    RPNHead,
-    assign_fpn_levels,
-    fast_rcnn_loss,
-    generate_proposals,
-    label_anchors,
-    multiscale_roi_align,
-    rpn_loss,
-    sample_balanced,
-    sample_proposals,
-)
+from detlib.roi.multiscale import assign_fpn_levels, multiscale_roi_align
+from detlib.rpn import RPNHead, generate_proposals, label_anchors, rpn_loss
+from detlib.sampling import balanced_sample
+from detlib.second_stage import FastRCNNHead, fast_rcnn_loss, sample_proposals
 from tests.conftest import random_boxes
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -164,7 +157,9 @@ def test_label_anchors_float64_and_empty():
     anchors = AnchorGenerator(strides=[8], sizes=[[16]])((32, 32), dtype=torch.float64)
     labels, matched = label_anchors(anchors, [torch.tensor([[0.0, 0.0, 16.0, 16.0]])])
     assert labels.dtype == matched.dtype == torch.float64
-    labels, matched = label_anchors(torch.zeros(0, 4), [torch.zeros(0, 4), torch.zeros(2, 4)])
+    labels, matched = label_anchors(
+        torch.zeros(0, 4), [torch.zeros(0, 4), torch.tensor([[0.0, 0, 1, 1]] * 2)]
+    )
     assert labels.shape == (2, 0) and matched.shape == (2, 0, 4)
     labels, matched = label_anchors(anchors, [])
     assert labels.shape == (0, len(anchors))
@@ -175,16 +170,23 @@ def test_label_anchors_errors():
     with pytest.raises(TypeError, match="label_anchors: gt_boxes must be a list"):
         label_anchors(anchors, torch.zeros(1, 4))
     with pytest.raises(
-        ValueError, match=r"label_anchors: gt_boxes\[0\] has 1 box\(es\) of negative"
+        ValueError, match=r"label_anchors: gt_boxes\[0\] has 1 box\(es\) of zero or negative"
     ):
         label_anchors(anchors, [torch.tensor([[5.0, 0.0, 1.0, 4.0]])])
     with pytest.raises(ValueError, match=r"label_anchors: ignore must be a bool Tensor\[N\]"):
         label_anchors(anchors, [anchors], ignore=torch.zeros(2, dtype=torch.bool))
-    with pytest.raises(ValueError, match="Matcher: low_threshold"):
+    # The error names label_anchors' own arguments, not those of the Matcher it builds.
+    with pytest.raises(
+        ValueError, match=r"^label_anchors: bg_iou_thresh \(0.7\) must not exceed fg_iou_thresh"
+    ):
         label_anchors(anchors, [anchors], fg_iou_thresh=0.3, bg_iou_thresh=0.7)
+    with pytest.raises(ValueError, match="^label_anchors: fg_iou_thresh"):
+        label_anchors(anchors, [anchors], fg_iou_thresh=float("nan"))
+    with pytest.raises(TypeError, match="^label_anchors: allow_low_quality_matches must be a bool"):
+        label_anchors(anchors, [anchors], allow_low_quality_matches=1)
 
 
-# ----------------------------------------------------------------------------- sample_balanced
+# ----------------------------------------------------------------------------- balanced_sample
 @given(
     counts=st.lists(
         st.tuples(st.integers(0, 60), st.integers(0, 60), st.integers(0, 20)),
@@ -195,7 +197,7 @@ def test_label_anchors_errors():
     fraction=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
     seed=st.integers(0, 2**16),
 )
-def test_sample_balanced_quotas(counts, batch_size, fraction, seed):
+def test_balanced_sample_quotas(counts, batch_size, fraction, seed):
     length = max(p + n + i for p, n, i in counts)
     labels = torch.full((len(counts), length), -1)
     for row, (p, n, _) in enumerate(counts):
@@ -203,7 +205,7 @@ def test_sample_balanced_quotas(counts, batch_size, fraction, seed):
         labels[row, p : p + n] = 0
     shuffle = torch.argsort(torch.rand(labels.shape, generator=torch.Generator().manual_seed(seed)))
     labels = labels.gather(1, shuffle)
-    positive, negative = sample_balanced(
+    positive, negative = balanced_sample(
         labels, batch_size, fraction, torch.Generator().manual_seed(seed)
     )
     assert not bool((positive & negative).any())
@@ -214,32 +216,32 @@ def test_sample_balanced_quotas(counts, batch_size, fraction, seed):
         assert int(negative[row].sum()) == min(n, batch_size - num_positive)
 
 
-def test_sample_balanced_is_uniform():
+def test_balanced_sample_is_uniform():
     # 2,000 images with 10 positives and room for 5: each positive is drawn about half the time.
     labels = torch.ones(2000, 10)
-    positive, _ = sample_balanced(labels, 10, 0.5, torch.Generator().manual_seed(0))
+    positive, _ = balanced_sample(labels, 10, 0.5, torch.Generator().manual_seed(0))
     assert bool((positive.sum(dim=1) == 5).all())
     frequency = positive.float().mean(dim=0)
     assert bool(((frequency - 0.5).abs() < 0.05).all())
 
 
-def test_sample_balanced_reproducible_one_dimensional_and_empty():
-    labels = torch.tensor([1, 0, 0, -1, 2, 0, 0, 0, 1, 0])
-    first = sample_balanced(labels, 4, 0.5, torch.Generator().manual_seed(3))
-    second = sample_balanced(labels[None], 4, 0.5, torch.Generator().manual_seed(3))
-    assert first[0].shape == (10,)
-    assert torch.equal(first[0], second[0][0]) and torch.equal(first[1], second[1][0])
-    positive, negative = sample_balanced(torch.zeros(2, 0), 256, 0.5)
+def test_balanced_sample_batch_reproducible_and_empty():
+    labels = torch.tensor([[1, 0, 0, -1, 2, 0, 0, 0, 1, 0]] * 2)
+    first = balanced_sample(labels, 4, 0.5, torch.Generator().manual_seed(3))
+    second = balanced_sample(labels, 4, 0.5, torch.Generator().manual_seed(3))
+    assert first[0].shape == (2, 10)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    positive, negative = balanced_sample(torch.zeros(2, 0), 256, 0.5)
     assert positive.shape == negative.shape == (2, 0)
 
 
-def test_sample_balanced_errors():
-    with pytest.raises(ValueError, match="sample_balanced: positive_fraction must be a number"):
-        sample_balanced(torch.zeros(5), 4, 1.5)
-    with pytest.raises(ValueError, match="sample_balanced: batch_size_per_image must be >= 0"):
-        sample_balanced(torch.zeros(5), -1, 0.5)
-    with pytest.raises(ValueError, match=r"labels must be a real Tensor\[N\] or Tensor\[B, N\]"):
-        sample_balanced(torch.zeros(2, 2, 2), 4, 0.5)
+def test_balanced_sample_errors():
+    with pytest.raises(ValueError, match="balanced_sample: positive_fraction must be a number"):
+        balanced_sample(torch.zeros(5), 4, 1.5)
+    with pytest.raises(ValueError, match="balanced_sample: batch_size_per_image must be >= 0"):
+        balanced_sample(torch.zeros(5), -1, 0.5)
+    with pytest.raises(ValueError, match=r"labels must have shape \[N\] or \[B, N\]"):
+        balanced_sample(torch.zeros(2, 2, 2), 4, 0.5)
 
 
 # ----------------------------------------------------------------------------- rpn_loss
@@ -262,7 +264,7 @@ def test_rpn_loss_matches_torchvision(gen):
     targets = BoxCoder().encode(matched, anchors)
     objectness = torch.randn(2, len(anchors), generator=gen)
     deltas = torch.randn(2, len(anchors), 4, generator=gen)
-    positive, negative = sample_balanced(labels, 256, 0.5, torch.Generator().manual_seed(1))
+    positive, negative = balanced_sample(labels, 256, 0.5, torch.Generator().manual_seed(1))
     theirs = torchvision_rpn()
     theirs.fg_bg_sampler = lambda _: (list(positive), list(negative))
     tv_targets = TorchvisionBoxCoder((1.0, 1.0, 1.0, 1.0)).encode(list(matched[:1]), [anchors])
@@ -294,7 +296,7 @@ def test_gradients_reach_both_rpn_branches(gen):
     head = RPNHead(8, 6)
     objectness, deltas = head(features)
     labels, matched = label_anchors(anchors, [torch.tensor([[10.0, 20.0, 60.0, 90.0]])])
-    positive, negative = sample_balanced(labels, 64, 0.5, torch.Generator().manual_seed(0))
+    positive, negative = balanced_sample(labels, 64, 0.5, torch.Generator().manual_seed(0))
     objectness_loss, box_loss = rpn_loss(
         objectness, deltas, BoxCoder().encode(matched, anchors), positive, negative
     )
@@ -327,7 +329,14 @@ def test_proposals_match_torchvision(pre_nms_top_n, post_nms_top_n, gen):
     deltas = 0.3 * torch.randn(3, len(anchors), 4, generator=gen)
     sizes = [(128, 160), (100, 150), (128, 90)]
     boxes, scores = generate_proposals(
-        anchors, objectness, deltas, sizes, per_level, pre_nms_top_n, post_nms_top_n, nms_thresh=0.6
+        anchors,
+        objectness,
+        deltas,
+        sizes,
+        per_level,
+        pre_nms_top_n,
+        post_nms_top_n,
+        nms_threshold=0.6,
     )
     theirs = torchvision_rpn(pre_nms_top_n, post_nms_top_n, nms_thresh=0.6)
     decoded = theirs.box_coder.decode(deltas.reshape(-1, 4), [anchors] * 3).view(3, -1, 4)
@@ -342,7 +351,7 @@ def test_proposals_score_threshold_matches_torchvision(gen):
     anchors = AnchorGenerator(strides=[16], sizes=[[32, 64]])((128, 128))
     objectness = torch.randn(2, len(anchors), generator=gen)
     deltas = 0.2 * torch.randn(2, len(anchors), 4, generator=gen)
-    boxes, scores = generate_proposals(anchors, objectness, deltas, (128, 128), score_thresh=0.6)
+    boxes, scores = generate_proposals(anchors, objectness, deltas, (128, 128), score_threshold=0.6)
     theirs = torchvision_rpn(2000, 2000, score_thresh=0.6)
     decoded = theirs.box_coder.decode(deltas.reshape(-1, 4), [anchors] * 2).view(2, -1, 4)
     tv_boxes, tv_scores = theirs.filter_proposals(
@@ -364,7 +373,7 @@ def test_proposals_by_hand():
     )
     objectness = torch.tensor([[2.0, 3.0, 5.0, 1.0]])
     deltas = torch.zeros(1, 4, 4)
-    boxes, scores = generate_proposals(anchors, objectness, deltas, (30, 30), nms_thresh=0.7)
+    boxes, scores = generate_proposals(anchors, objectness, deltas, (30, 30), nms_threshold=0.7)
     # Anchor 2 lies off the image: clipped to nothing and dropped. Anchors 0 and 1 overlap at
     # IoU 9/11 > 0.7: the better one (1) stays. Anchor 3 is clipped to the image.
     expected = torch.tensor([[1.0, 0.0, 11.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
@@ -452,7 +461,7 @@ def test_sample_proposals_match_torchvision(gen):
     padded = torch.full((2, 204), -1)
     for image, labels in enumerate(tv_labels):
         padded[image, : len(labels)] = labels
-    positive, negative = sample_balanced(padded, 128, 0.25, torch.Generator().manual_seed(5))
+    positive, negative = balanced_sample(padded, 128, 0.25, torch.Generator().manual_seed(5))
     heads.fg_bg_sampler = lambda labels: (
         [positive[i, : len(lab)] for i, lab in enumerate(labels)],
         [negative[i, : len(lab)] for i, lab in enumerate(labels)],
@@ -606,7 +615,7 @@ def test_pipeline_stays_on_device(device, gen):
     objectness, deltas = head(features)
     gt = [torch.tensor([[10.0, 20.0, 60.0, 90.0]], device=device), torch.zeros(0, 4, device=device)]
     labels, matched = label_anchors(anchors, gt)
-    positive, negative = sample_balanced(labels, 64, 0.5, torch.Generator().manual_seed(0))
+    positive, negative = balanced_sample(labels, 64, 0.5, torch.Generator().manual_seed(0))
     losses = rpn_loss(objectness, deltas, BoxCoder().encode(matched, anchors), positive, negative)
     boxes, _ = generate_proposals(anchors, objectness, deltas, (128, 160), per_level)
     samples = sample_proposals(

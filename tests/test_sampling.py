@@ -137,8 +137,10 @@ def test_errors_name_the_argument():
     labels = torch.tensor([1, 0, -1])
     with pytest.raises(TypeError, match="balanced_sample: labels must be a torch.Tensor"):
         balanced_sample([1, 0], 4, 0.5)
-    with pytest.raises(ValueError, match=r"balanced_sample: labels must have shape \[N\]"):
-        balanced_sample(labels[None], 4, 0.5)
+    with pytest.raises(
+        ValueError, match=r"balanced_sample: labels must have shape \[N\] or \[B, N\]"
+    ):
+        balanced_sample(labels[None, None], 4, 0.5)
     with pytest.raises(TypeError, match="balanced_sample: labels must hold integer or floating"):
         balanced_sample(labels > 0, 4, 0.5)
     with pytest.raises(TypeError, match="balanced_sample: batch_size_per_image must be an int"):
