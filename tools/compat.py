@@ -9,8 +9,9 @@ runtime it
    ``/tmp/detlib-compat``), with the runtime's torch, torchvision, numpy and matplotlib
    "preinstalled", plus what the tests and chapters use (pytest, hypothesis, nbval, ipykernel,
    pycocotools, tqdm, ipywidgets, anywidget...);
-2. copies this work tree (tracked and new files, as they are now) beside it, and runs the unit
-   tests there (``tests/``, without ``tests/browser``);
+2. exports the committed tree (``--rev``, default ``HEAD``; ``--worktree``: the work tree as it is,
+   tracked and new files) beside it, and runs the unit tests there (``tests/``, without
+   ``tests/browser``);
 3. runs every chapter of the copy under nbval's lax mode (a cell fails only when it raises), one
    chapter at a time. detlib is not installed beforehand: the first chapter's bootstrap cell
    installs it, exactly as on Colab (``pip install --no-deps``, from the copy via
@@ -151,8 +152,20 @@ def _run(cmd: list, log, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, **kwargs)
 
 
-def copy_tree(dest: Path) -> None:
-    """Copy the work tree as it is now (tracked and new files, not ignored ones) to ``dest``."""
+def export_tree(dest: Path, rev: str | None) -> str:
+    """Write the files of commit ``rev`` (or, when None, of the work tree as it is now: tracked
+    and new files, not ignored ones) to ``dest``; returns what was exported, for the report."""
+    if rev is not None:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", dest], input=archive.stdout, check=True)
+        return f"commit {commit[:10]}"
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -164,24 +177,30 @@ def copy_tree(dest: Path) -> None:
         if source.is_file():  # a tracked file may be deleted in the work tree
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / rel)
+    return "work tree"
 
 
-def build_runtime(name: str, plan: dict, base: Path, wheels: Path, log) -> Path:
-    """A fresh virtual environment with the runtime's packages, without detlib."""
-    env_dir, tree = base / name / "venv", base / name / "tree"
-    shutil.rmtree(base / name, ignore_errors=True)
-    tree.mkdir(parents=True)
-    copy_tree(tree)
-    subprocess.run([plan["python"], "-m", "venv", str(env_dir)], check=True)
+def build_runtime(name: str, plan: dict, base: Path, wheels: Path, log, reuse: bool) -> Path:
+    """A fresh virtual environment with the runtime's packages, without detlib. With ``reuse``,
+    an environment left by an earlier run with the same interpreter and requirements is kept
+    (detlib uninstalled from it): for pinned runtimes, it saves the install of several GB."""
+    env_dir = base / name / "venv"
     python = env_dir / "bin" / "python"
+    stamp, wanted = env_dir / "compat-requirements.json", json.dumps(plan, sort_keys=True)
     pip_env = _pip_env(wheels)
     pip = [python, "-m", "pip"]
+    if reuse and stamp.exists() and stamp.read_text() == wanted:
+        _run(pip + ["uninstall", "-q", "-y", "detlib"], log, env=pip_env)
+        return python
+    shutil.rmtree(env_dir, ignore_errors=True)
+    subprocess.run([plan["python"], "-m", "venv", str(env_dir)], check=True)
     # Download first (kept for the next run), then install from the kept wheels only.
     download = pip + ["download", "-q", "--only-binary=:all:", "-d", wheels] + plan["requirements"]
     install = pip + ["install", "-q", "--no-index", "--only-binary=:all:"] + plan["requirements"]
     for cmd in (download, install):
         if _run(cmd, log, env=pip_env).returncode:
             raise SystemExit(f"[{name}] '{' '.join(map(str, cmd[3:5]))}' failed: see {log.name}")
+    stamp.write_text(wanted)
     return python
 
 
@@ -266,9 +285,9 @@ def run_chapters(python: Path, tree: Path, reports: Path, log, env: dict) -> dic
 def render_markdown(data: dict) -> str:
     """The Compatibility page's table, from ``compat.json``."""
     lines = [
-        "| runtime | date | Python | torch | torchvision | numpy | matplotlib "
+        "| runtime | date | tested | Python | torch | torchvision | numpy | matplotlib "
         "| unit tests | chapters (nbval lax) | time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     notes = []
     for name in ("floor", "newest"):
@@ -289,7 +308,8 @@ def render_markdown(data: dict) -> str:
             chapter_text += f" (failed: {', '.join(failed)})" if failed else ""
         minutes = round(r.get("seconds", 0) / 60)
         lines.append(
-            f"| {name} | {r['date']} | {v['python']} | {v['torch']} | {v['torchvision']} "
+            f"| {name} | {r['date']} | {r.get('source', '')} | {v['python']} | {v['torch']} "
+            f"| {v['torchvision']} "
             f"| {v['numpy']} | {v['matplotlib']} | {unit_text} | {chapter_text} | {minutes} min |"
         )
         for failure in (unit or {}).get("failures", [])[:20]:
@@ -315,6 +335,15 @@ def main(argv: list[str] | None = None) -> int:
         help="where the throwaway environments and the wheel cache go (outside the repository)",
     )
     parser.add_argument("--results", type=Path, default=GENERATED / "compat.json")
+    parser.add_argument("--rev", default="HEAD", help="the commit to test (default: HEAD)")
+    parser.add_argument(
+        "--worktree", action="store_true", help="test the work tree as it is, not a commit"
+    )
+    parser.add_argument(
+        "--reuse-envs",
+        action="store_true",
+        help="keep an environment an earlier run built with the same requirements",
+    )
     args = parser.parse_args(argv)
     base = args.dir.resolve()
     if base == ROOT or ROOT in base.parents:
@@ -331,19 +360,23 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         with open(log_path, "w") as log:
             print(f"==> [compat] {name}: building the runtime ({plan['python']}), log {log_path}")
-            python = build_runtime(name, plan, base, wheels, log)
+            python = build_runtime(name, plan, base, wheels, log, args.reuse_envs)
             found = versions(python)
             if found["detlib"] is not None:
                 raise SystemExit(f"[{name}] detlib is importable before any bootstrap cell ran")
             print(f"==> [compat] {name}: {found}")
             tree, reports = base / name / "tree", base / name / "reports"
-            reports.mkdir()
+            for fresh in (tree, reports):
+                shutil.rmtree(fresh, ignore_errors=True)
+                fresh.mkdir(parents=True)
+            source = export_tree(tree, None if args.worktree else args.rev)
             # The bootstrap cell's pip: from the copy, offline (all else is in the wheel cache).
             env = {**_pip_env(wheels), "PIP_NO_INDEX": "1", "DETLIB_SOURCE": str(tree)}
             env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
             result = {
                 "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
                 "versions": {k: v for k, v in found.items() if k != "detlib"},
+                "source": source,
             }
             if not args.chapters_only:
                 print(f"==> [compat] {name}: unit tests")
