@@ -194,3 +194,85 @@ def test_detection_loss_matches_image_by_image(monkeypatch):
     matcher = detlib.Matcher(0.5, 0.4, allow_low_quality_matches=True)
     expected = [int((matcher(detlib.box_iou(g, anchors)) >= 0).sum()) for g in boxes]
     assert loss.num_positive.tolist() == expected
+
+
+# --------------------------------------------------------------------------- 7. checkpoints
+def _small_detector():
+    config = detlib.DetectorConfig(channels=8, bifpn_layers=1, head_layers=1)
+    return config, config.build()
+
+
+@pytest.mark.parametrize(
+    "value, kind",
+    [
+        (__import__("numpy").float64(0.5), "numpy.float64"),
+        (__import__("numpy").zeros(3), "numpy.ndarray"),
+        (detlib.DetectorConfig(), "DetectorConfig"),
+        ({"nested": [1, {"deep": __import__("numpy").int64(3)}]}, "numpy.int64"),
+    ],
+)
+def test_save_checkpoint_refuses_metadata_it_cannot_load(tmp_path, value, kind):
+    config, model = _small_detector()
+    with pytest.raises(TypeError, match=f"save_checkpoint: metadata\\['x'\\].* got [a-z.]*{kind};"):
+        detlib.save_checkpoint(tmp_path / "c.pt", model, config, x=value)
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_checkpoint_keeps_plain_metadata_and_optimizer_state(tmp_path):
+    config, model = _small_detector()
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.rand(2, 3, 128, 128)).class_logits.sum().backward()
+    optimizer.step()
+    meta = {
+        "step": 3,
+        "map": 0.25,
+        "tag": None,
+        "shape": (1, 2),
+        "optimizer": optimizer.state_dict(),
+    }
+    detlib.save_checkpoint(tmp_path / "c.pt", model, config, **meta)
+    loaded = detlib.load_checkpoint(tmp_path / "c.pt", config.build(), config)
+    assert loaded["step"] == 3 and loaded["shape"] == (1, 2) and loaded["tag"] is None
+    torch.optim.AdamW(model.parameters()).load_state_dict(loaded["optimizer"])
+
+
+@pytest.mark.parametrize("size", [0, 10, "half"])
+def test_truncated_or_empty_checkpoint_names_the_file(tmp_path, size):
+    config, model = _small_detector()
+    path = tmp_path / "c.pt"
+    detlib.save_checkpoint(path, model, config)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 if size == "half" else size])
+    with pytest.raises(ValueError, match=f"load_checkpoint: {path} cannot be read as a checkpoint"):
+        detlib.load_checkpoint(path, config.build(), config)
+
+
+def test_missing_checkpoint_names_the_file(tmp_path):
+    config, _ = _small_detector()
+    with pytest.raises(FileNotFoundError, match="load_checkpoint: no checkpoint file at"):
+        detlib.load_checkpoint(tmp_path / "none.pt", config.build(), config)
+
+
+def test_empty_stored_configuration_is_not_all_defaults(tmp_path):
+    config = detlib.DetectorConfig()
+    model = config.build()
+    torch.save({"config": {}, "state_dict": model.state_dict()}, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="stores an incomplete configuration"):
+        detlib.load_checkpoint(tmp_path / "c.pt", model, config)
+    with pytest.raises(TypeError, match="load_checkpoint: config must be a DetectorConfig"):
+        detlib.load_checkpoint(tmp_path / "c.pt", model, {})
+
+
+def test_flipped_byte_in_the_weights_is_detected(tmp_path):
+    config, model = _small_detector()
+    path = tmp_path / "c.pt"
+    detlib.save_checkpoint(path, model, config)
+    weight = max(model.state_dict().values(), key=lambda t: t.numel())
+    raw = weight.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+    data = bytearray(path.read_bytes())
+    at = data.find(raw[:64])
+    assert at >= 0
+    data[at + 10] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"load_checkpoint: {path} is damaged"):
+        detlib.load_checkpoint(path, config.build(), config)
