@@ -14,12 +14,20 @@ The classes are built on first use, so that importing detlib does not import any
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import torch
 
-__all__ = ["describe_suppression", "nms_scene", "suppress"]  # and the lazily built classes
+__all__ = [
+    "describe_measures",
+    "describe_suppression",
+    "iou_curves",
+    "iou_measures",
+    "nms_scene",
+    "suppress",
+]  # and the lazily built classes
 
 _STATIC = Path(__file__).parent / "static"
 NMS_METHODS = ("greedy", "gaussian", "linear")
@@ -209,7 +217,89 @@ def _make_nms_explorer():
     return NMSExplorer
 
 
-_FACTORIES = {"NMSExplorer": _make_nms_explorer}
+# --------------------------------------------------------------------------- chapter 2: IoU
+IOU_MEASURES = ("IoU", "GIoU", "DIoU", "CIoU")
+
+
+def iou_measures(box_a: Sequence[float], box_b: Sequence[float]) -> dict[str, float]:
+    """IoU, GIoU, DIoU and CIoU of two boxes ``(x1, y1, x2, y2)``, by detlib in float64."""
+    values = _measure_rows(
+        torch.tensor([box_a], dtype=torch.float64), torch.tensor([box_b], dtype=torch.float64)
+    )
+    return {name: float(v[0]) for name, v in values.items()}
+
+
+def _measure_rows(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each measure of ``a`` (``[1, 4]``) with every box of ``b`` (``[K, 4]``): ``{name: [K]}``."""
+    from detlib import box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
+
+    functions = (box_iou, generalized_box_iou, distance_box_iou, complete_box_iou)
+    return {name: fn(a, b)[0] for name, fn in zip(IOU_MEASURES, functions)}
+
+
+def iou_curves(
+    box_a: Sequence[float], box_b: Sequence[float], offset_range: float, count: int = 161
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Each measure as ``box_b`` slides horizontally: ``(offsets [count], {name: [count]})``.
+
+    At offset ``t`` the centre of ``box_b`` is ``t`` to the right of the centre of ``box_a``;
+    its size and vertical position are kept. The offsets run from ``-offset_range`` to
+    ``offset_range``.
+    """
+    if count < 2:
+        raise ValueError(f"iou_curves: count must be >= 2, got {count}")
+    r = float(offset_range)
+    offsets = [-r + (2 * r * k) / (count - 1) for k in range(count)]
+    centre = (box_a[0] + box_a[2]) / 2
+    half = (box_b[2] - box_b[0]) * 0.5
+    moved = [[centre + t - half, box_b[1], centre + t + half, box_b[3]] for t in offsets]
+    values = _measure_rows(
+        torch.tensor([box_a], dtype=torch.float64), torch.tensor(moved, dtype=torch.float64)
+    )
+    return torch.tensor(offsets, dtype=torch.float64), values
+
+
+def describe_measures(values: dict[str, float]) -> str:
+    """The sentence the IoU explorer shows (the same as its JavaScript's ``describe``)."""
+    return ", ".join(f"{name} {fixed(values[name], 4)}" for name in IOU_MEASURES)
+
+
+def _make_iou_explorer():
+    import traitlets
+
+    class IoUExplorer(_anywidget_base()):
+        """Two boxes the reader drags and resizes, with their IoU, GIoU, DIoU and CIoU.
+
+        The scene shows the target (``box_a``), the prediction (``box_b``), their intersection,
+        the enclosing box and the line between the centres; the plot shows each measure as the
+        prediction slides horizontally past the target, with the current position marked.
+        :meth:`measures` and :meth:`describe` give detlib's numbers for the current boxes.
+        """
+
+        _esm = _STATIC / "iou_explorer.js"
+        _css = _STATIC / "explorers.css"
+        box_a = traitlets.List(traitlets.Float(), default_value=[110.0, 90.0, 250.0, 200.0]).tag(
+            sync=True
+        )
+        box_b = traitlets.List(traitlets.Float(), default_value=[170.0, 120.0, 280.0, 260.0]).tag(
+            sync=True
+        )
+        scene_width = traitlets.Int(400).tag(sync=True)
+        scene_height = traitlets.Int(300).tag(sync=True)
+        curve_range = traitlets.Int(250).tag(sync=True)
+
+        def measures(self) -> dict[str, float]:
+            """detlib's IoU, GIoU, DIoU and CIoU of the current boxes."""
+            return iou_measures(self.box_a, self.box_b)
+
+        def describe(self) -> str:
+            """The sentence the browser shows, computed by detlib in the kernel."""
+            return describe_measures(self.measures())
+
+    return IoUExplorer
+
+
+_FACTORIES = {"NMSExplorer": _make_nms_explorer, "IoUExplorer": _make_iou_explorer}
 
 
 def __getattr__(name: str):

@@ -129,3 +129,64 @@ def test_nms_explorer_state_round_trips():
 
     with pytest.raises(traitlets.TraitError, match="method must be one of"):
         explorer.method = "fast"
+
+
+# --------------------------------------------------------------------------- IoU (chapter 2)
+def _random_box(rng: random.Random) -> list[float]:
+    x, y = rng.uniform(0, 300), rng.uniform(0, 200)
+    return [x, y, x + rng.uniform(4, 200), y + rng.uniform(4, 150)]
+
+
+IOU_BODY = (
+    "const out = input.map((c) => {\n"
+    "  const v = m.measures(c.a, c.b);\n"
+    "  return { values: v, text: m.describe(v), offsets: m.offsets(c.range, 41),\n"
+    "           curves: m.curves(c.a, c.b, c.range, 41) };\n"
+    "});\n"
+    "process.stdout.write(JSON.stringify(out));"
+)
+
+
+def test_browser_iou_measures_and_curves_equal_detlib(tmp_path):
+    from detlib.explorers import IOU_MEASURES, describe_measures, iou_curves, iou_measures
+
+    rng = random.Random(2)
+    cases = [
+        dict(a=_random_box(rng), b=_random_box(rng), range=rng.choice([100, 250]))
+        for _ in range(25)
+    ]
+    same = [10.0, 10.0, 60.0, 40.0]
+    cases += [
+        dict(a=same, b=same, range=100),  # identical: every measure is 1
+        dict(a=same, b=[20.0, 15.0, 30.0, 25.0], range=100),  # nested
+        dict(a=same, b=[200.0, 200.0, 210.0, 260.0], range=100),  # far apart
+        dict(a=same, b=[60.0, 10.0, 90.0, 40.0], range=100),  # touching edges
+    ]
+    results = run_node(tmp_path, "iou_explorer", IOU_BODY, cases)
+    for case, result in zip(cases, results):
+        expected = iou_measures(case["a"], case["b"])
+        for name in ("IoU", "GIoU", "DIoU"):  # the same float64 operations: bit for bit
+            assert result["values"][name] == expected[name], (name, case)
+        # CIoU uses atan: libm's and PyTorch's may differ in the last bit
+        assert result["values"]["CIoU"] == pytest.approx(expected["CIoU"], rel=1e-12, abs=1e-15)
+        assert result["text"] == describe_measures(expected)
+        offsets, curves = iou_curves(case["a"], case["b"], case["range"], 41)
+        assert result["offsets"] == offsets.tolist()
+        for name in IOU_MEASURES:
+            assert torch.allclose(
+                torch.tensor(result["curves"][name], dtype=torch.float64),
+                curves[name],
+                rtol=1e-12,
+                atol=1e-15,
+            ), name
+        for name in ("IoU", "GIoU", "DIoU"):
+            assert result["curves"][name] == curves[name].tolist(), name
+
+
+def test_iou_explorer_state_round_trips():
+    from detlib.explorers import IoUExplorer
+
+    explorer = IoUExplorer(box_b=[110.0, 90.0, 250.0, 200.0])
+    assert explorer.get_state()["box_b"] == [110.0, 90.0, 250.0, 200.0]
+    assert explorer.measures() == {"IoU": 1.0, "GIoU": 1.0, "DIoU": 1.0, "CIoU": 1.0}
+    assert explorer.describe() == "IoU 1.0000, GIoU 1.0000, DIoU 1.0000, CIoU 1.0000"

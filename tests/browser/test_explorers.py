@@ -63,6 +63,16 @@ EXPLORERS = [
         ".detlib-nms-report",
         "svg.detlib-ex-canvas",
     ),
+    Explorer(
+        "IoUExplorer",
+        "iou_explorer",
+        "chapters/02_iou.html",
+        "detlib-iou-explorer",
+        'input[name="b_cx"]',
+        "150",
+        ".detlib-iou-report",
+        "svg.detlib-iou-curves",
+    ),
 ]
 
 
@@ -135,6 +145,20 @@ def _harness(tmp_path: Path, explorer: Explorer) -> Path:
     return tmp_path
 
 
+def _drag_the_prediction(page, root) -> None:
+    """Drag the IoU explorer's prediction box by its body, then resize it by its corner."""
+    report = root.locator(".detlib-iou-report")
+    for part in ("body", "corner"):
+        before = report.inner_text()
+        target = root.locator(f'g.box-b rect[data-part="{part}"]').bounding_box()
+        x, y = target["x"] + target["width"] / 2, target["y"] + target["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + 30, y + 20, steps=4)
+        page.mouse.up()
+        assert report.inner_text() != before, f"dragging the {part} changed nothing"
+
+
 @pytest.mark.parametrize("explorer", EXPLORERS, ids=lambda e: e.name)
 def test_explorer_module_renders_and_responds(browser, tmp_path, explorer):
     httpd, url = _serve(_harness(tmp_path, explorer))
@@ -146,6 +170,8 @@ def test_explorer_module_renders_and_responds(browser, tmp_path, explorer):
         root = page.locator(f".{explorer.css_class}")
         assert root.count() == 1
         _move_and_check(page, explorer, root, f"{explorer.module}_standalone.png")
+        if explorer.name == "IoUExplorer":
+            _drag_the_prediction(page, root)
         assert errors == []
     finally:
         page.close()
