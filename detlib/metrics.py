@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detlib._checks import check_boxes, check_tensor
+from detlib._checks import check_boxes, check_positive_int, check_tensor
+
+__all__ = ["coco_evaluate", "COCOResult", "voc_average_precision", "voc_evaluate", "VOCResult"]
 
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # exactly pycocotools' values
 COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -85,8 +87,25 @@ def _images(fn: str, predictions: Sequence[Mapping], targets: Sequence[Mapping])
             )
         if len(image.gt_boxes) != len(image.gt_labels):
             raise ValueError(f"{fn}: targets[{i}] has boxes and labels of different lengths")
+        if np.isnan(image.det_scores).any():
+            raise ValueError(f"{fn}: predictions[{i}]['scores'] holds NaN")
+        _check_labels(fn, f"predictions[{i}]['labels']", pred["labels"], image.det_labels)
+        _check_labels(fn, f"targets[{i}]['labels']", target["labels"], image.gt_labels)
         images.append(image)
     return images
+
+
+def _check_labels(fn: str, name: str, tensor: Tensor, values: np.ndarray) -> None:
+    """Class labels: an integer dtype, or floating whole numbers (bools refused)."""
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise TypeError(f"{fn}: {name} must hold integer class labels, got {tensor.dtype}")
+    if (
+        tensor.is_floating_point()
+        and not (np.isfinite(values) & (values == np.round(values))).all()
+    ):
+        raise ValueError(
+            f"{fn}: {name} must hold whole-number class labels, got non-integer values"
+        )
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -122,11 +141,36 @@ def voc_average_precision(recall: np.ndarray | Tensor, precision: np.ndarray | T
     Returns:
         AP in ``[0, 1]``.
     """
-    recall = np.concatenate(([0.0], np.asarray(recall, dtype=np.float64), [1.0]))
-    precision = np.concatenate(([0.0], np.asarray(precision, dtype=np.float64), [0.0]))
+    recall = _curve("recall", recall)
+    precision = _curve("precision", precision)
+    if recall.shape != precision.shape:
+        raise ValueError(
+            f"voc_average_precision: recall and precision must have the same length, got "
+            f"{len(recall)} and {len(precision)}"
+        )
+    if (np.diff(recall) < 0).any():
+        raise ValueError("voc_average_precision: recall must be non-decreasing")
+    recall = np.concatenate(([0.0], recall, [1.0]))
+    precision = np.concatenate(([0.0], precision, [0.0]))
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
     steps = np.nonzero(recall[1:] != recall[:-1])[0]
     return float(np.sum((recall[steps + 1] - recall[steps]) * envelope[steps + 1]))
+
+
+def _curve(name: str, values: object) -> np.ndarray:
+    """One side of a precision-recall curve: ``[D]`` float64 values in ``[0, 1]``."""
+    fn = "voc_average_precision"
+    if isinstance(values, Tensor):
+        values = values.detach().cpu()
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: {name} must be a 1-D array of numbers") from None
+    if array.ndim != 1:
+        raise ValueError(f"{fn}: {name} must have shape [D], got {list(array.shape)}")
+    if not ((array >= 0) & (array <= 1)).all():  # NaN fails too
+        raise ValueError(f"{fn}: {name} must hold values in [0, 1] (no NaN)")
+    return array
 
 
 @dataclass(frozen=True)
@@ -155,7 +199,14 @@ def voc_evaluate(
     Returns:
         :class:`VOCResult`.
     """
-    images = _images("voc_evaluate", predictions, targets)
+    fn = "voc_evaluate"
+    if (
+        isinstance(iou_threshold, bool)
+        or not isinstance(iou_threshold, (int, float))
+        or not 0 < iou_threshold <= 1
+    ):
+        raise ValueError(f"{fn}: iou_threshold must be a number in (0, 1], got {iou_threshold!r}")
+    images = _images(fn, predictions, targets)
     classes = sorted({int(c) for image in images for c in image.gt_labels})
     ap, curves = {}, {}
     for cls in classes:
@@ -229,7 +280,9 @@ def coco_evaluate(
     Returns:
         :class:`COCOResult`.
     """
-    images = _images("coco_evaluate", predictions, targets)
+    fn = "coco_evaluate"
+    max_detections = check_positive_int(fn, "max_detections", max_detections)
+    images = _images(fn, predictions, targets)
     classes = sorted(
         {int(c) for image in images for c in np.concatenate((image.gt_labels, image.det_labels))}
     )

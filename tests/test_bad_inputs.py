@@ -276,3 +276,60 @@ def test_flipped_byte_in_the_weights_is_detected(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=f"load_checkpoint: {path} is damaged"):
         detlib.load_checkpoint(path, config.build(), config)
+
+
+# --------------------------------------------------------------------------- 8. metrics
+def _one_image(scores=(0.9,), labels=(1,), gt_labels=(1,)):
+    pred = {
+        "boxes": torch.tensor([[0.0, 0, 10, 10]] * len(scores)),
+        "scores": torch.tensor(scores),
+        "labels": torch.tensor(labels),
+    }
+    target = {
+        "boxes": torch.tensor([[0.0, 0, 10, 10]] * len(gt_labels)),
+        "labels": torch.tensor(gt_labels),
+    }
+    return [pred], [target]
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 2.5])
+def test_coco_max_detections_must_be_a_positive_int(value):
+    with pytest.raises(ValueError, match="coco_evaluate: max_detections must be a positive int"):
+        detlib.coco_evaluate(*_one_image(), max_detections=value)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, float("nan"), True])
+def test_voc_iou_threshold_must_be_in_zero_one(value):
+    with pytest.raises(
+        ValueError, match=r"voc_evaluate: iou_threshold must be a number in \(0, 1\]"
+    ):
+        detlib.voc_evaluate(*_one_image(), iou_threshold=value)
+
+
+@pytest.mark.parametrize("evaluate", [detlib.voc_evaluate, detlib.coco_evaluate])
+def test_nan_scores_and_non_integer_labels_are_refused(evaluate):
+    name = evaluate.__name__
+    with pytest.raises(ValueError, match=rf"{name}: predictions\[0\]\['scores'\] holds NaN"):
+        evaluate(*_one_image(scores=(float("nan"),)))
+    with pytest.raises(ValueError, match=rf"{name}: predictions\[0\]\['labels'\] must hold whole"):
+        evaluate(*_one_image(labels=(1.5,)))
+    with pytest.raises(ValueError, match=rf"{name}: targets\[0\]\['labels'\] must hold whole"):
+        evaluate(*_one_image(gt_labels=(0.5,)))
+    with pytest.raises(TypeError, match=rf"{name}: targets\[0\]\['labels'\] must hold integer"):
+        evaluate(*_one_image(gt_labels=(True,)))
+    # whole numbers in a floating tensor are fine
+    assert evaluate(*_one_image(labels=(1.0,))).ap_per_class == evaluate(*_one_image()).ap_per_class
+
+
+def test_voc_average_precision_refuses_bad_curves():
+    fn = detlib.voc_average_precision
+    with pytest.raises(ValueError, match=r"recall must hold values in \[0, 1\]"):
+        fn([0.5, 2.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="recall and precision must have the same length"):
+        fn([0.5, 1.0], [1.0])
+    with pytest.raises(ValueError, match=r"precision must hold values in \[0, 1\]"):
+        fn([0.5], [float("nan")])
+    with pytest.raises(ValueError, match="recall must be non-decreasing"):
+        fn([0.5, 0.2], [1.0, 1.0])
+    assert fn([], []) == 0.0
+    assert fn(torch.tensor([0.5, 1.0]), torch.tensor([1.0, 0.5])) == 0.75
