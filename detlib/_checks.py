@@ -25,6 +25,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+__all__ = ["set_value_checks", "value_checks", "value_checks_enabled"]
+
 
 class _Switch(threading.local):
     """The value-check setting of the current thread; every thread starts with checks on."""

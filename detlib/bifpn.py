@@ -32,6 +32,19 @@ from detlib._checks import (
     check_tensor,
 )
 
+__all__ = [
+    "BiFPN",
+    "BiFPNInputs",
+    "BiFPNLayer",
+    "efficientdet_config",
+    "EFFICIENTDET_CONFIGS",
+    "EfficientDetConfig",
+    "max_pool_same",
+    "resize_to",
+    "SeparableConv2d",
+    "WeightedFusion",
+]
+
 FUSION_KINDS = ("fast", "softmax", "unbounded", "sum")
 LEVELS = (3, 4, 5, 6, 7)
 

@@ -12,6 +12,17 @@ from torch import Tensor
 
 from detlib._checks import check_boxes, check_same_device
 
+__all__ = [
+    "box_area",
+    "box_convert",
+    "box_iou",
+    "clip_boxes_to_image",
+    "complete_box_iou",
+    "distance_box_iou",
+    "generalized_box_iou",
+    "remove_small_boxes",
+]
+
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh", "yxyx")
 
 

@@ -28,6 +28,8 @@ from detlib._checks import (
     check_tensor,
 )
 
+__all__ = ["BoxCoder"]
+
 DEFAULT_XFORM_CLIP = math.log(1000.0 / 16)
 
 

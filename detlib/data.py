@@ -9,6 +9,8 @@ from torch import Tensor
 
 from detlib._checks import check_image_size, check_positive
 
+__all__ = ["collate_detection", "sample_boxes", "ShapesDataset"]
+
 
 def sample_boxes(
     n: int,

@@ -20,6 +20,15 @@ from torch.utils.data import DistributedSampler
 
 from detlib._checks import check_positive_int
 
+__all__ = [
+    "all_reduce_sum",
+    "destroy_distributed",
+    "DistributedContext",
+    "init_distributed",
+    "launched_by_torchrun",
+    "shard_batches",
+]
+
 BACKENDS = ("gloo", "nccl")
 
 

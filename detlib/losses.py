@@ -25,6 +25,8 @@ from detlib.boxes import _box_iou
 from detlib.coder import BoxCoder
 from detlib.matching import Matcher
 
+__all__ = ["detection_loss", "DetectionLoss", "sigmoid_focal_loss", "smooth_l1_loss"]
+
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
     if reduction == "mean":

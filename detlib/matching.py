@@ -20,6 +20,8 @@ from torch import Tensor
 
 from detlib._checks import check_floating, check_tensor, value_checks_enabled
 
+__all__ = ["greedy_bipartite_match", "greedy_match", "Matcher", "ssd_match"]
+
 
 def check_match_thresholds(
     fn: str, high_name: str, high: object, low_name: str, low: object

@@ -14,6 +14,18 @@ import itertools
 import numpy as np
 import torch
 
+__all__ = [
+    "efficientdet_anchors",
+    "efficientdet_calc_iou",
+    "faster_rcnn_anchors",
+    "iou_double_loop",
+    "nms_plus_one",
+    "retinanet_anchors",
+    "retinanet_cell_anchors",
+    "retinanet_shift",
+    "roi_pool_loop",
+]
+
 RETINANET_RATIOS = np.array([0.5, 1.0, 2.0])
 RETINANET_SCALES = np.array([2**0, 2 ** (1.0 / 3.0), 2 ** (2.0 / 3.0)])
 

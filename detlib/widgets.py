@@ -17,6 +17,15 @@ import torch
 from detlib.anchors import AnchorGenerator, best_anchor_iou
 from detlib.data import sample_boxes
 
+__all__ = [
+    "anchor_explorer",
+    "coverage_summary",
+    "CoverageSummary",
+    "explorer_boxes",
+    "octave_scale_table",
+    "pyramid_from_settings",
+]
+
 RATIO_CHOICES = (0.25, 1 / 3, 0.5, 1.0, 2.0, 3.0, 4.0)
 
 
