@@ -34,7 +34,8 @@ test: setup test-unit test-notebooks test-book test-browser
 
 test-unit: setup
 	@echo "==> [test] lint (ruff), then unit, property, parity and fresh-runtime tests (tests/)"
-	$(BIN)/ruff check detlib tests bench tools book/_ext
+	$(BIN)/ruff check detlib tests bench tools book/_ext $(CHAPTERS)
+	$(BIN)/ruff format --check detlib tests bench tools book/_ext $(CHAPTERS)
 	$(BIN)/pytest tests -q --ignore=tests/browser
 
 test-notebooks: setup
@@ -79,7 +80,17 @@ sync: setup
 	$(PY) tools/sync_notebooks.py $(CHAPTERS)
 
 lint: setup
-	$(BIN)/ruff check detlib tests bench tools book/_ext
+	$(BIN)/ruff check detlib tests bench tools book/_ext $(CHAPTERS)
+	$(BIN)/ruff format --check detlib tests bench tools book/_ext $(CHAPTERS)
+
+# Readable notebook diffs: `git diff` and merges show chapters cell by cell, sources first (nbdime's
+# git drivers, which .gitattributes names for *.ipynb; the venv's path is written into this clone's
+# .git/config, so no activated venv is needed). Run once per clone; without it git falls back to
+# its plain text diff.
+nbdime: setup
+	git config diff.jupyternotebook.command "$(abspath $(BIN))/git-nbdiffdriver diff"
+	git config merge.jupyternotebook.name "nbdime notebook merge"
+	git config merge.jupyternotebook.driver "$(abspath $(BIN))/git-nbmergedriver merge %O %A %B %L %P"
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis

@@ -20,6 +20,14 @@ from torch import Tensor
 from detlib._checks import check_boxes, check_image_size, check_positive, check_tensor
 from detlib.boxes import box_iou
 
+__all__ = [
+    "AnchorGenerator",
+    "anchors_inside_image",
+    "best_anchor_iou",
+    "kmeans_anchor_shapes",
+    "shape_iou",
+]
+
 CELL_ORDERS = ("ratio_major", "size_major")
 
 _RETINANET_SCALES = (2**0, 2 ** (1.0 / 3.0), 2 ** (2.0 / 3.0))

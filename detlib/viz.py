@@ -9,6 +9,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 
+__all__ = ["book_style", "draw_boxes", "draw_grid", "image_axes"]
+
 
 def _as_numpy(boxes: torch.Tensor | np.ndarray | Sequence) -> np.ndarray:
     if isinstance(boxes, torch.Tensor):
