@@ -376,18 +376,22 @@ def kmeans_anchor_shapes(
     k: int,
     iterations: int = 100,
     generator: torch.Generator | None = None,
+    update: str = "mean",
 ) -> Tensor:
     """YOLO v2's dimension clusters: k-means on box (width, height) with ``1 - IoU`` as distance.
 
     Boxes and centroids are compared as if they shared a centre, so only their shapes matter.
-    Centroids are initialised with k distinct boxes drawn by ``generator`` and updated with the
-    median of their members, which is robust to the long tail of large boxes.
+    Centroids are initialised with k distinct boxes drawn by ``generator``; each step assigns
+    every box to the centroid it overlaps most and moves each centroid to the mean (width,
+    height) of its members, as YOLO v2 does. ``update="median"`` is the k-medians variant, which
+    a long tail of very large boxes pulls less.
 
     Args:
         box_sizes: ``Tensor[N, 2]`` of positive (width, height).
         k: number of anchor shapes (``1 <= k <= N``).
         iterations: maximum number of k-means steps.
         generator: CPU random generator for the initial draw (for reproducibility).
+        update: ``"mean"`` (k-means, YOLO v2) or ``"median"`` (k-medians).
 
     Returns:
         ``Tensor[k, 2]`` of (width, height), sorted by area.
@@ -400,6 +404,8 @@ def kmeans_anchor_shapes(
         raise ValueError(f"{fn}: k must be an int in [1, N={box_sizes.shape[0]}], got {k!r}")
     if not bool((box_sizes > 0).all()):
         raise ValueError(f"{fn}: box_sizes must be positive (width, height) pairs")
+    if update not in ("mean", "median"):
+        raise ValueError(f"{fn}: update must be 'mean' or 'median', got {update!r}")
     sizes = box_sizes.double()
     pick = torch.randperm(sizes.shape[0], generator=generator)[:k].to(sizes.device)
     centroids = sizes[pick]
@@ -407,7 +413,7 @@ def kmeans_anchor_shapes(
         assignment = shape_iou(sizes, centroids).argmax(dim=1)
         updated = torch.stack(
             [
-                sizes[assignment == c].median(dim=0).values
+                _cluster_centre(sizes[assignment == c], update)
                 if bool((assignment == c).any())
                 else centroids[c]
                 for c in range(k)
@@ -418,6 +424,11 @@ def kmeans_anchor_shapes(
         centroids = updated
     order = (centroids[:, 0] * centroids[:, 1]).argsort()
     return centroids[order].to(box_sizes.dtype)
+
+
+def _cluster_centre(members: Tensor, update: str) -> Tensor:
+    """The new centroid of one cluster's (width, height) rows: their mean or their median."""
+    return members.mean(dim=0) if update == "mean" else members.median(dim=0).values
 
 
 def shape_iou(sizes1: Tensor, sizes2: Tensor) -> Tensor:
