@@ -12,6 +12,40 @@ from matplotlib.patches import Rectangle
 __all__ = ["book_style", "draw_boxes", "draw_grid", "image_axes"]
 
 
+# The book's column is about 634 CSS px wide at 1280 px (7 inches at 90 dpi): a figure of that
+# width is shown at its own size, so 11 pt text is about 14 px on screen. Wider figures are
+# shrunk to the column, their text with them: keep figures at most TEXT_WIDTH wide.
+TEXT_WIDTH = 7.0  # inches
+BOOK_RC = {
+    "figure.figsize": (TEXT_WIDTH, 4.0),
+    "figure.dpi": 90,
+    "savefig.dpi": 180,  # files written with savefig; the inline PNGs use figure.dpi
+    "figure.constrained_layout.use": True,  # titles and labels never overlap a neighbour
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "legend.framealpha": 0.9,  # a legend stands out from the lines behind it
+    "figure.titlesize": 12,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def book_style() -> dict:
+    """Set matplotlib's defaults for the book's figures (text legible at the column width).
+
+    Call it once, after importing matplotlib, at the top of a chapter. Returns the settings it
+    applied (a dict of rcParams).
+    """
+    import matplotlib as mpl
+
+    mpl.rcParams.update(BOOK_RC)
+    return dict(BOOK_RC)
+
+
 def _as_numpy(boxes: torch.Tensor | np.ndarray | Sequence) -> np.ndarray:
     if isinstance(boxes, torch.Tensor):
         return boxes.detach().to("cpu", torch.float64).numpy().reshape(-1, 4)
