@@ -299,7 +299,162 @@ def _make_iou_explorer():
     return IoUExplorer
 
 
-_FACTORIES = {"NMSExplorer": _make_nms_explorer, "IoUExplorer": _make_iou_explorer}
+# --------------------------------------------------------------------------- chapter 3: matching
+MATCHING_STRATEGIES = {
+    "retinanet": ("RetinaNet (thresholds)", 0.5, 0.4),
+    "rpn": ("RPN (+ low-quality matches)", 0.7, 0.3),
+    "ssd": ("SSD (best anchor, then threshold)", 0.5, None),
+    "greedy": ("greedy one-to-one, then threshold", 0.5, None),
+}
+MATCHING_PYRAMID = {
+    "strides": [8, 16, 32, 64],
+    "sizes": [[32.0], [64.0], [128.0], [256.0]],
+    "ratios": [0.5, 1.0, 2.0],
+}
+
+
+def matching_scene() -> torch.Tensor:
+    """The matching explorer's ground-truth boxes on a 256 x 256 image, ``[6, 4]`` (float64).
+
+    A large and a medium box, a small one (14 pixels: no anchor of the pyramid reaches IoU 0.4
+    with it), a long thin one, and two small boxes side by side that share their best anchor (SSD
+    gives it to the second and leaves the first without any; greedy matching finds the first
+    another one).
+    """
+    return torch.tensor(
+        [
+            [20.0, 24.0, 132.0, 150.0],
+            [150.0, 30.0, 230.0, 96.0],
+            [60.0, 196.0, 74.0, 210.0],
+            [120.0, 214.0, 236.0, 232.0],
+            [150.0, 120.0, 168.0, 138.0],
+            [154.0, 122.0, 172.0, 140.0],
+        ],
+        dtype=torch.float64,
+    )
+
+
+def matching_anchors(pyramid: dict | None = None, image_size: int = 256) -> torch.Tensor:
+    """The explorer's anchors, ``[N, 4]`` (float64), by :class:`detlib.AnchorGenerator`."""
+    from detlib import AnchorGenerator
+
+    pyramid = pyramid or MATCHING_PYRAMID
+    generator = AnchorGenerator(
+        strides=pyramid["strides"], sizes=pyramid["sizes"], aspect_ratios=pyramid["ratios"]
+    )
+    return generator((image_size, image_size), dtype=torch.float64)
+
+
+def match_with(
+    strategy: str, iou: torch.Tensor, high_threshold: float, low_threshold: float
+) -> torch.Tensor:
+    """What the matching explorer computes: ``[N]`` matches by detlib for one strategy."""
+    from detlib import Matcher, greedy_match, ssd_match
+
+    if strategy not in MATCHING_STRATEGIES:
+        raise ValueError(
+            f"match_with: strategy must be one of {tuple(MATCHING_STRATEGIES)}, got {strategy!r}"
+        )
+    if strategy == "ssd":
+        return ssd_match(iou, high_threshold)
+    if strategy == "greedy":
+        return greedy_match(iou, high_threshold)
+    low = min(low_threshold, high_threshold)
+    return Matcher(high_threshold, low, allow_low_quality_matches=strategy == "rpn")(iou)
+
+
+def describe_matches(
+    matches: torch.Tensor,
+    num_boxes: int,
+    strategy: str,
+    high_threshold: float,
+    low_threshold: float,
+) -> str:
+    """The sentence the matching explorer shows (the same as its JavaScript's ``describe``)."""
+    per_box = [int((matches == g).sum()) for g in range(num_boxes)]
+    ignored, negative = int((matches == -2).sum()), int((matches == -1).sum())
+    label = MATCHING_STRATEGIES[strategy][0]
+    if strategy in ("ssd", "greedy"):
+        rule = f"IoU >= {fixed(high_threshold, 2)}"
+    else:
+        low = min(low_threshold, high_threshold)
+        rule = f"IoU >= {fixed(high_threshold, 2)} positive, < {fixed(low, 2)} negative"
+    missing = [str(g) for g, n in enumerate(per_box) if n == 0]
+    tail = (
+        f" No positive anchor for box {', '.join(missing)}."
+        if missing
+        else " Every box has a positive anchor."
+    )
+    return (
+        f"{label}, {rule}: {sum(per_box):,} positive, {ignored:,} ignored, {negative:,} negative "
+        f"anchors; positives per box: {', '.join(map(str, per_box))}.{tail}"
+    )
+
+
+def _make_matching_explorer():
+    import traitlets
+
+    class MatchingExplorer(_anywidget_base()):
+        """Ground-truth boxes over an anchor pyramid, matched by one of four strategies.
+
+        Controls: the strategy (RetinaNet's thresholds, the RPN's with low-quality matches, SSD's,
+        greedy one-to-one) and its thresholds. Anchors are drawn positive (in their box's colour)
+        or ignored; the count of positives per box is reported and a box that gets none is
+        highlighted. :meth:`matches` and :meth:`describe` give detlib's answer.
+        """
+
+        _esm = _STATIC / "matching_explorer.js"
+        _css = _STATIC / "explorers.css"
+        strategy = traitlets.Unicode("retinanet").tag(sync=True)
+        high_threshold = traitlets.Float(0.5).tag(sync=True)
+        low_threshold = traitlets.Float(0.4).tag(sync=True)
+        boxes = traitlets.List().tag(sync=True)
+        pyramid = traitlets.Dict().tag(sync=True)
+        image_size = traitlets.Int(256).tag(sync=True)
+
+        def __init__(self, **settings):
+            super().__init__(**settings)
+            if not self.boxes:
+                self.boxes = matching_scene().tolist()
+            if not self.pyramid:
+                self.pyramid = MATCHING_PYRAMID
+
+        @traitlets.validate("strategy")
+        def _valid_strategy(self, proposal):
+            if proposal["value"] not in MATCHING_STRATEGIES:
+                raise traitlets.TraitError(
+                    f"MatchingExplorer: strategy must be one of {tuple(MATCHING_STRATEGIES)}, "
+                    f"got {proposal['value']!r}"
+                )
+            return proposal["value"]
+
+        def matches(self) -> torch.Tensor:
+            """detlib's ``[N]`` matches for the current settings (``-1`` negative, ``-2`` ignored)."""
+            from detlib import box_iou
+
+            anchors = matching_anchors(self.pyramid, self.image_size)
+            boxes = torch.tensor(self.boxes, dtype=torch.float64).reshape(-1, 4)
+            iou = box_iou(boxes, anchors)
+            return match_with(self.strategy, iou, self.high_threshold, self.low_threshold)
+
+        def describe(self) -> str:
+            """The sentence the browser shows, computed by detlib in the kernel."""
+            return describe_matches(
+                self.matches(),
+                len(self.boxes),
+                self.strategy,
+                self.high_threshold,
+                self.low_threshold,
+            )
+
+    return MatchingExplorer
+
+
+_FACTORIES = {
+    "NMSExplorer": _make_nms_explorer,
+    "IoUExplorer": _make_iou_explorer,
+    "MatchingExplorer": _make_matching_explorer,
+}
 
 
 def __getattr__(name: str):

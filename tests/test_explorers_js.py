@@ -190,3 +190,76 @@ def test_iou_explorer_state_round_trips():
     assert explorer.get_state()["box_b"] == [110.0, 90.0, 250.0, 200.0]
     assert explorer.measures() == {"IoU": 1.0, "GIoU": 1.0, "DIoU": 1.0, "CIoU": 1.0}
     assert explorer.describe() == "IoU 1.0000, GIoU 1.0000, DIoU 1.0000, CIoU 1.0000"
+
+
+# --------------------------------------------------------------------------- matching (chapter 3)
+MATCHING_BODY = (
+    "const out = input.cases.map((c) => {\n"
+    "  const anchors = m.anchors(input.pyramid, input.size);\n"
+    "  const iou = m.iouMatrix(c.boxes, anchors);\n"
+    "  const matches = m.match(iou, anchors.length, c.settings);\n"
+    "  return { matches, text: m.describe(m.summary(matches, c.boxes.length), c.settings),\n"
+    "           anchors: c.withAnchors ? anchors : null };\n"
+    "});\n"
+    "process.stdout.write(JSON.stringify(out));"
+)
+
+
+def test_browser_matching_equals_detlib_on_random_settings(tmp_path):
+    from detlib import box_iou
+    from detlib.explorers import (
+        MATCHING_PYRAMID,
+        MATCHING_STRATEGIES,
+        describe_matches,
+        match_with,
+        matching_anchors,
+        matching_scene,
+    )
+
+    rng = random.Random(3)
+    cases = []
+    for k in range(24):
+        if k < 4:
+            boxes = matching_scene().tolist()
+        else:  # random scenes: small and large boxes, some duplicated (ties)
+            boxes = [_random_box(rng) for _ in range(rng.randrange(0, 7))]
+            boxes = [[v * 256 / 500 for v in b] for b in boxes]
+            if boxes and k % 3 == 0:
+                boxes.append(list(boxes[0]))
+        settings = dict(
+            strategy=list(MATCHING_STRATEGIES)[k % 4],
+            high_threshold=round(rng.uniform(0.05, 0.95), 2),
+            low_threshold=round(rng.uniform(0.05, 0.95), 2),
+        )
+        cases.append(dict(boxes=boxes, settings=settings, withAnchors=k == 0))
+    results = run_node(
+        tmp_path,
+        "matching_explorer",
+        MATCHING_BODY,
+        dict(cases=cases, pyramid=MATCHING_PYRAMID, size=256),
+    )
+    anchors = matching_anchors()
+    assert results[0]["anchors"] == anchors.tolist()  # bit for bit
+    for case, result in zip(cases, results):
+        boxes = torch.tensor(case["boxes"], dtype=torch.float64).reshape(-1, 4)
+        s = case["settings"]
+        expected = match_with(
+            s["strategy"], box_iou(boxes, anchors), s["high_threshold"], s["low_threshold"]
+        )
+        assert result["matches"] == expected.tolist(), s
+        assert result["text"] == describe_matches(expected, len(boxes), **s)
+
+
+def test_matching_explorer_teaches_what_it_claims():
+    from detlib.explorers import MatchingExplorer
+
+    explorer = MatchingExplorer()
+    assert "No positive anchor for box 2, 3, 4, 5." in explorer.describe()  # small and thin
+    explorer.strategy = "rpn"
+    assert "No positive anchor for box 5." in explorer.describe()  # its best anchor prefers box 4
+    explorer.strategy = "ssd"
+    ssd = explorer.matches()
+    explorer.strategy = "greedy"
+    greedy = explorer.matches()
+    assert int((ssd == 4).sum()) == 0 and int((greedy == 4).sum()) == 1
+    assert explorer.get_state()["strategy"] == "greedy"

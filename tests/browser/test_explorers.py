@@ -73,6 +73,16 @@ EXPLORERS = [
         ".detlib-iou-report",
         "svg.detlib-iou-curves",
     ),
+    Explorer(
+        "MatchingExplorer",
+        "matching_explorer",
+        "chapters/03_encoding_matching.html",
+        "detlib-matching-explorer",
+        'select[name="strategy"]',
+        "rpn",
+        ".detlib-matching-report",
+        "svg.detlib-ex-canvas",
+    ),
 ]
 
 
