@@ -51,6 +51,7 @@ from detlib.sampling import BalancedPositiveNegativeSampler, balanced_sample, la
 from detlib.second_stage import FastRCNNHead, RoISamples, fast_rcnn_loss, sample_proposals
 from detlib.suppression import batched_nms, nms, soft_nms
 from detlib.training import DetectorConfig, horizontal_flip, load_checkpoint, save_checkpoint
+from detlib.yolo import YoloTargets, yolo_decode, yolo_encode, yolo_match
 
 __version__ = "0.1.0"
 
@@ -122,4 +123,8 @@ __all__ = [
     "voc_average_precision",
     "voc_evaluate",
     "WeightedFusion",
+    "yolo_decode",
+    "yolo_encode",
+    "yolo_match",
+    "YoloTargets",
 ]
