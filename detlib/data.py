@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import numbers
+import struct
 
 import torch
 from torch import Tensor
@@ -10,6 +13,11 @@ from torch import Tensor
 from detlib._checks import check_image_size, check_positive
 
 __all__ = ["collate_detection", "sample_boxes", "ShapesDataset"]
+
+
+def _is_int(value: object) -> bool:
+    """An int, but not a bool (``True`` is an int to Python, never a count or a size here)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def sample_boxes(
@@ -42,14 +50,14 @@ def sample_boxes(
     """
     fn = "sample_boxes"
     height, width = check_image_size(fn, "image_size", image_size)
-    if not isinstance(n, int) or n < 0:
+    if not _is_int(n) or n < 0:
         raise ValueError(f"{fn}: n must be a non-negative int, got {n!r}")
     check_positive(fn, "min_size", min_size)
     check_positive(fn, "max_size", max_size)
     if max_size < min_size:
         raise ValueError(f"{fn}: max_size ({max_size}) must be >= min_size ({min_size})")
     if check_positive(fn, "max_aspect", max_aspect) < 1:
-        raise ValueError(f"{fn}: max_aspect must be >= 1, got {max_aspect}")
+        raise ValueError(f"{fn}: max_aspect must be >= 1 and finite, got {max_aspect}")
     u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
     size = torch.exp(math.log(min_size) + u[:, 0] * (math.log(max_size) - math.log(min_size)))
     ratio = torch.exp((2 * u[:, 1] - 1) * math.log(max_aspect))
@@ -108,21 +116,28 @@ class ShapesDataset(torch.utils.data.Dataset):
         max_overlap: float = 0.3,
     ) -> None:
         fn = "ShapesDataset"
-        if not isinstance(num_images, int) or num_images < 0:
+        if not _is_int(num_images) or num_images < 0:
             raise ValueError(f"{fn}: num_images must be a non-negative int, got {num_images!r}")
-        if not isinstance(image_size, int) or image_size < 16:
+        if not _is_int(image_size) or image_size < 16:
             raise ValueError(f"{fn}: image_size must be an int >= 16, got {image_size!r}")
+        if not _is_int(seed):
+            raise TypeError(f"{fn}: seed must be an int, got {seed!r}")
+        for name, value in (("min_objects", min_objects), ("max_objects", max_objects)):
+            if not _is_int(value):
+                raise TypeError(f"{fn}: {name} must be an int, got {value!r}")
         if not 1 <= min_objects <= max_objects:
             raise ValueError(
                 f"{fn}: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}"
             )
+        min_size = check_positive(fn, "min_size", min_size)
+        max_size = check_positive(fn, "max_size", max_size)
         if not 2 <= min_size <= max_size <= image_size:
             raise ValueError(
                 f"{fn}: need 2 <= min_size <= max_size <= image_size, got {min_size}, {max_size}"
             )
-        if max_aspect < 1:
-            raise ValueError(f"{fn}: max_aspect must be >= 1, got {max_aspect}")
-        if not 0 <= max_overlap <= 1:
+        if check_positive(fn, "max_aspect", max_aspect) < 1:  # NaN and infinity refused
+            raise ValueError(f"{fn}: max_aspect must be >= 1 and finite, got {max_aspect}")
+        if check_positive(fn, "max_overlap", max_overlap, allow_zero=True) > 1:
             raise ValueError(f"{fn}: max_overlap must be in [0, 1], got {max_overlap}")
         self.num_images, self.image_size, self.seed = num_images, image_size, seed
         self.min_objects, self.max_objects = min_objects, max_objects
@@ -142,7 +157,7 @@ class ShapesDataset(torch.utils.data.Dataset):
                 f"ShapesDataset: index {index} out of range for {self.num_images} images"
             )
         index %= self.num_images
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        gen = _item_generator(self.seed, index)
         image = _background(self.image_size, gen)
         boxes, labels = [], []
         count = int(torch.randint(self.min_objects, self.max_objects + 1, (1,), generator=gen))
@@ -173,6 +188,37 @@ class ShapesDataset(torch.utils.data.Dataset):
             _paint(image, mask, gen)
             return box, label
         return None
+
+
+_MT_STATE_WORDS = 624  # mt19937's state
+_GENERATOR_STATE_BYTES = 5056  # torch's CPU generator state (its legacy layout, stable since 1.x)
+_STATE_WORDS_OFFSET = 24  # after int64 initial seed, int32 left, int32 seeded, uint64 next
+
+
+def _item_generator(seed: int, index: int) -> torch.Generator:
+    """A CPU generator whose random stream belongs to the pair ``(seed, index)`` alone.
+
+    ``torch.Generator.manual_seed`` keeps only 32 bits of its seed, so no arithmetic on
+    ``(seed, index)`` fed to it can give every pair its own stream (``seed * 1_000_003 + index``
+    made item 1,000,003 of seed 0 equal to item 0 of seed 1). Instead the generator's mt19937
+    state (624 words of 32 bits) is written directly: words 1 to 4 hold the two 64-bit numbers
+    themselves, so different pairs always start from different states, and the other words are
+    SHAKE-256 of the pair, so that nearby pairs give unrelated streams.
+    """
+    key = struct.pack("<QQ", seed % 2**64, index % 2**64)
+    filler = hashlib.shake_256(b"detlib.ShapesDataset" + key).digest(4 * _MT_STATE_WORDS)
+    words = list(struct.unpack(f"<{_MT_STATE_WORDS}I", filler))
+    words[1:5] = struct.unpack("<4I", key)
+    gen = torch.Generator().manual_seed(0)  # a valid state to start from: left = 1, next = 0
+    state = bytearray(gen.get_state().numpy().tobytes())
+    if len(state) != _GENERATOR_STATE_BYTES:
+        raise RuntimeError(
+            f"ShapesDataset: this torch's generator state has {len(state)} bytes, expected "
+            f"{_GENERATOR_STATE_BYTES}; please report it"
+        )
+    struct.pack_into(f"<{_MT_STATE_WORDS}Q", state, _STATE_WORDS_OFFSET, *words)
+    gen.set_state(torch.frombuffer(state, dtype=torch.uint8).clone())
+    return gen
 
 
 def _largest_cover(box: list[float], boxes: list[list[float]]) -> float:

@@ -333,3 +333,54 @@ def test_voc_average_precision_refuses_bad_curves():
         fn([0.5, 0.2], [1.0, 1.0])
     assert fn([], []) == 0.0
     assert fn(torch.tensor([0.5, 1.0]), torch.tensor([1.0, 0.5])) == 0.75
+
+
+# --------------------------------------------------------------------------- 10. ShapesDataset seeds
+def test_shapes_items_of_different_seeds_never_coincide():
+    a = detlib.ShapesDataset(1_000_004, image_size=32, min_size=4, max_size=16, seed=0)
+    b = detlib.ShapesDataset(1, image_size=32, min_size=4, max_size=16, seed=1)
+    image_a, target_a = a[1_000_003]
+    image_b, target_b = b[0]
+    assert not torch.equal(image_a, image_b)
+    assert detlib.data._item_generator(0, 1_000_003).initial_seed() is not None
+    # the generator state holds the pair itself: no two pairs share a stream
+    pairs = [(0, 1_000_003), (1, 0), (0, 2**32), (2**32, 0), (-1, 5), (2**64 - 1, 5)]
+    states = {bytes(detlib.data._item_generator(s, i).get_state().tolist()) for s, i in pairs}
+    assert len(states) == len(pairs) - 1  # -1 and 2**64 - 1 are the same 64-bit seed
+    first = {float(torch.rand(1, generator=detlib.data._item_generator(s, i))) for s, i in pairs}
+    assert len(first) == len(pairs) - 1
+
+
+def test_shapes_items_are_reproducible():
+    data = detlib.ShapesDataset(3, image_size=32, min_size=4, max_size=16, seed=7)
+    assert torch.equal(data[2][0], data[2][0]) and torch.equal(
+        data[2][1]["boxes"], data[-1][1]["boxes"]
+    )
+
+
+# --------------------------------------------------------------------------- 9. unchecked parameters
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(max_aspect=float("nan")), ValueError, "max_aspect must be a finite number"),
+        (dict(max_aspect=float("inf")), ValueError, "max_aspect must be a finite"),
+        (dict(max_overlap=float("nan")), ValueError, "max_overlap must be"),
+        (dict(num_images=True), ValueError, "num_images must be a non-negative int"),
+        (dict(image_size=True), ValueError, "image_size must be an int"),
+        (dict(seed=1.5), TypeError, "seed must be an int"),
+        (dict(seed=False), TypeError, "seed must be an int"),
+        (dict(max_objects=True), TypeError, "max_objects must be an int"),
+        (dict(min_size=float("nan")), ValueError, "min_size must be a finite number"),
+    ],
+)
+def test_shapes_dataset_settings(kwargs, error, message):
+    settings = dict(num_images=2, image_size=32, min_size=4, max_size=16) | kwargs
+    with pytest.raises(error, match=f"ShapesDataset: {message}"):
+        detlib.ShapesDataset(**settings)
+
+
+def test_sample_boxes_settings():
+    with pytest.raises(ValueError, match="sample_boxes: n must be a non-negative int"):
+        detlib.sample_boxes(True, (32, 32))
+    with pytest.raises(ValueError, match="sample_boxes: max_aspect must be a finite"):
+        detlib.sample_boxes(2, (32, 32), max_aspect=float("inf"))
