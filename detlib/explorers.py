@@ -450,7 +450,120 @@ def _make_matching_explorer():
     return MatchingExplorer
 
 
+# --------------------------------------------------------------------------- chapter 4: focal loss
+EASY_PT = 0.9  # an anchor is easy when the probability of its true label is above this
+
+
+def focal_anchor_set(
+    num_anchors: int = 4000, num_positives: int = 40, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets ``[N]`` (float64) of a detector early in training.
+
+    Most negatives are already easy (logits around -4.5, probability about 1%), 1% are hard
+    (logits around -1, objects' neighbours and look-alikes), and the positives are uncertain
+    (logits around 0). Logits have 3 decimals, so the browser and Python read the same numbers.
+    """
+    if not 0 < num_positives < num_anchors:
+        raise ValueError(
+            "focal_anchor_set: need 0 < num_positives < num_anchors, got "
+            f"{num_positives} and {num_anchors}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    num_negatives = num_anchors - num_positives
+    num_hard = num_negatives // 100
+    normal = lambda n, mean, std: torch.randn(n, generator=g, dtype=torch.float64) * std + mean  # noqa: E731
+    logits = torch.cat(
+        (
+            normal(num_positives, 0.0, 1.5),
+            normal(num_hard, -1.0, 1.0),
+            normal(num_negatives - num_hard, -4.5, 1.5),
+        )
+    )
+    targets = torch.zeros(num_anchors, dtype=torch.float64)
+    targets[:num_positives] = 1
+    return torch.round(logits * 1000) / 1000, targets
+
+
+def focal_shares(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float
+) -> dict[str, tuple[int, float, float]]:
+    """``{group: (count, focal loss, cross-entropy)}`` for the groups "positive", "hard" and
+    "easy" (negatives whose ``p_t > 0.9``), by :func:`detlib.sigmoid_focal_loss`."""
+    import torch.nn.functional as F
+
+    from detlib import sigmoid_focal_loss
+
+    focal = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = torch.where(targets == 1, p, 1 - p)
+    groups = {
+        "positive": targets == 1,
+        "hard": (targets != 1) & (p_t <= EASY_PT),
+        "easy": (targets != 1) & (p_t > EASY_PT),
+    }
+    return {
+        name: (int(mask.sum()), float(focal[mask].sum()), float(ce[mask].sum()))
+        for name, mask in groups.items()
+    }
+
+
+def describe_focal(groups: dict[str, tuple[int, float, float]], alpha: float, gamma: float) -> str:
+    """The sentence the focal-loss explorer shows (the same as its JavaScript's ``describe``)."""
+    focal_total = sum(v[1] for v in groups.values())
+    ce_total = sum(v[2] for v in groups.values())
+
+    def pct(value: float, total: float) -> str:
+        return f"{fixed(100 * value / total, 1)}%"
+
+    easy, hard, positive = groups["easy"], groups["hard"], groups["positive"]
+    return (
+        f"gamma {fixed(gamma, 1)}, alpha {fixed(alpha, 2)}: focal loss {fixed(focal_total, 2)} "
+        f"(cross-entropy {fixed(ce_total, 1)}); {easy[0]:,} easy negatives give "
+        f"{pct(easy[1], focal_total)} of it ({pct(easy[2], ce_total)} of the cross-entropy), "
+        f"{hard[0]:,} hard negatives {pct(hard[1], focal_total)}, "
+        f"{positive[0]:,} positives {pct(positive[1], focal_total)}"
+    )
+
+
+def _make_focal_explorer():
+    import traitlets
+
+    class FocalLossExplorer(_anywidget_base()):
+        """The focal loss's gamma and alpha, with the loss curves and who contributes the loss.
+
+        The anchor set is :func:`focal_anchor_set` (4,000 anchors, 40 positives). The browser
+        reports the total focal loss and cross-entropy, and the shares of positives, hard and easy
+        negatives; :meth:`shares` and :meth:`describe` give detlib's numbers.
+        """
+
+        _esm = _STATIC / "focal_explorer.js"
+        _css = _STATIC / "explorers.css"
+        gamma = traitlets.Float(2.0).tag(sync=True)
+        alpha = traitlets.Float(0.25).tag(sync=True)
+        logits = traitlets.List().tag(sync=True)
+        targets = traitlets.List().tag(sync=True)
+
+        def __init__(self, seed: int = 0, **settings):
+            super().__init__(**settings)
+            logits, targets = focal_anchor_set(seed=seed)
+            self.logits, self.targets = logits.tolist(), [int(t) for t in targets.tolist()]
+
+        def shares(self) -> dict[str, tuple[int, float, float]]:
+            """detlib's ``{group: (count, focal loss, cross-entropy)}`` for the settings."""
+            logits = torch.tensor(self.logits, dtype=torch.float64)
+            targets = torch.tensor(self.targets, dtype=torch.float64)
+            return focal_shares(logits, targets, self.alpha, self.gamma)
+
+        def describe(self) -> str:
+            """The sentence the browser shows, computed by detlib in the kernel."""
+            return describe_focal(self.shares(), self.alpha, self.gamma)
+
+    return FocalLossExplorer
+
+
 _FACTORIES = {
+    "FocalLossExplorer": _make_focal_explorer,
     "NMSExplorer": _make_nms_explorer,
     "IoUExplorer": _make_iou_explorer,
     "MatchingExplorer": _make_matching_explorer,

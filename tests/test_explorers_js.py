@@ -263,3 +263,56 @@ def test_matching_explorer_teaches_what_it_claims():
     greedy = explorer.matches()
     assert int((ssd == 4).sum()) == 0 and int((greedy == 4).sum()) == 1
     assert explorer.get_state()["strategy"] == "greedy"
+
+
+# --------------------------------------------------------------------------- focal loss (chapter 4)
+FOCAL_BODY = (
+    "const out = input.cases.map((c) => {\n"
+    "  const s = m.shares(input.logits, input.targets, c.alpha, c.gamma);\n"
+    "  return { groups: s.groups, text: m.describe(s, c.alpha, c.gamma),\n"
+    "           each: input.logits.slice(0, 60).map((x, i) => m.focal(x, input.targets[i], c.alpha, c.gamma)) };\n"
+    "});\n"
+    "process.stdout.write(JSON.stringify(out));"
+)
+
+
+def test_browser_focal_loss_equals_detlib_on_random_settings(tmp_path):
+    from detlib import sigmoid_focal_loss
+    from detlib.explorers import describe_focal, focal_anchor_set, focal_shares
+
+    logits, targets = focal_anchor_set()
+    # the first 60 anchors: 40 positives and 20 hard negatives; add saturated logits too
+    logits[40:46] = torch.tensor([-60.0, -30.0, 30.0, 60.0, 0.0, 1e-3], dtype=torch.float64)
+    rng = random.Random(4)
+    cases = [dict(gamma=2.0, alpha=0.25), dict(gamma=0.0, alpha=0.5)]
+    cases += [
+        dict(gamma=0.5 * rng.randrange(11), alpha=round(0.05 * rng.randrange(1, 20), 2))
+        for _ in range(10)
+    ]
+    payload = dict(cases=cases, logits=logits.tolist(), targets=[int(t) for t in targets.tolist()])
+    results = run_node(tmp_path, "focal_explorer", FOCAL_BODY, payload)
+    for case, result in zip(cases, results):
+        each = sigmoid_focal_loss(logits[:60], targets[:60], **case)
+        assert torch.allclose(
+            torch.tensor(result["each"], dtype=torch.float64), each, rtol=1e-12, atol=1e-15
+        )
+        expected = focal_shares(logits, targets, **case)
+        for group, (count, focal, ce) in expected.items():
+            ours = result["groups"][group]
+            assert ours[0] == count
+            assert ours[1] == pytest.approx(focal, rel=1e-9) and ours[2] == pytest.approx(
+                ce, rel=1e-9
+            )
+        assert result["text"] == describe_focal(expected, **case)
+
+
+def test_focal_explorer_numbers():
+    from detlib.explorers import FocalLossExplorer
+
+    explorer = FocalLossExplorer()
+    shares = explorer.shares()
+    assert shares["positive"][0] == 40 and sum(v[0] for v in shares.values()) == 4000
+    ce_easy = shares["easy"][2] / sum(v[2] for v in shares.values())
+    focal_easy = shares["easy"][1] / sum(v[1] for v in shares.values())
+    assert ce_easy > 0.35 and focal_easy < 0.02  # what the explorer is there to show
+    assert explorer.describe().startswith("gamma 2.0, alpha 0.25: focal loss ")

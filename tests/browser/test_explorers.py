@@ -83,6 +83,16 @@ EXPLORERS = [
         ".detlib-matching-report",
         "svg.detlib-ex-canvas",
     ),
+    Explorer(
+        "FocalLossExplorer",
+        "focal_explorer",
+        "chapters/04_focal_loss.html",
+        "detlib-focal-explorer",
+        'input[name="gamma"]',
+        "0.5",
+        ".detlib-focal-report",
+        "svg.detlib-focal-shares",
+    ),
 ]
 
 
