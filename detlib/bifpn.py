@@ -136,7 +136,12 @@ class SeparableConv2d(nn.Module):
         in_channels = check_positive_int(fn, "in_channels", in_channels)
         out_channels = in_channels if out_channels is None else out_channels
         out_channels = check_positive_int(fn, "out_channels", out_channels)
-        if not isinstance(kernel_size, numbers.Integral) or kernel_size < 1 or kernel_size % 2 == 0:
+        if (
+            not isinstance(kernel_size, numbers.Integral)
+            or isinstance(kernel_size, bool)
+            or kernel_size < 1
+            or kernel_size % 2 == 0
+        ):
             raise ValueError(f"{fn}: kernel_size must be an odd positive int, got {kernel_size!r}")
         self.depthwise = nn.Conv2d(
             in_channels,
@@ -166,7 +171,8 @@ class WeightedFusion(nn.Module):
     Args:
         num_inputs: number of maps ``n`` fused (2 or 3 in a BiFPN).
         kind: one of ``FUSION_KINDS``.
-        eps: added to the denominator of ``"fast"``.
+        eps: added to the denominator of ``"fast"``; must be positive, so that weights that
+            have all become negative give a zero sum rather than NaN.
     """
 
     def __init__(self, num_inputs: int, kind: str = "fast", eps: float = 1e-4) -> None:
@@ -174,7 +180,8 @@ class WeightedFusion(nn.Module):
         fn = "WeightedFusion"
         self.num_inputs = check_positive_int(fn, "num_inputs", num_inputs)
         self.kind = _check_fusion(fn, kind)
-        self.eps = check_positive(fn, "eps", eps, allow_zero=True)
+        # eps > 0: once every raw weight has gone negative, relu gives 0 / eps = 0, not 0 / 0 = NaN
+        self.eps = check_positive(fn, "eps", eps)
         if kind == "sum":
             self.register_parameter("weight", None)
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detlib._checks import check_boxes, check_same_device
+from detlib._checks import check_boxes, check_positive, check_real, check_same_device
 
 __all__ = [
     "box_area",
@@ -265,9 +265,11 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
         ``Tensor[..., 4]``, x clamped to ``[0, width]`` and y to ``[0, height]``.
     """
     check_boxes("clip_boxes_to_image", "boxes", boxes, batched=True)
+    fn = "clip_boxes_to_image"
     if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
-        raise TypeError(f"clip_boxes_to_image: size must be (height, width), got {size!r}")
-    height, width = size
+        raise TypeError(f"{fn}: size must be (height, width), got {size!r}")
+    height = check_positive(fn, "size[0] (height)", size[0], allow_zero=True)
+    width = check_positive(fn, "size[1] (width)", size[1], allow_zero=True)
     x = boxes[..., 0::2].clamp(min=0, max=width)
     y = boxes[..., 1::2].clamp(min=0, max=height)
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
@@ -278,12 +280,14 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
 
     Args:
         boxes: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``.
-        min_size: smallest width and height to keep, in pixels.
+        min_size: smallest width and height to keep, in pixels (not NaN, which would keep
+            nothing).
 
     Returns:
         ``Tensor[K]`` (int64) of kept indices, in increasing order.
     """
     check_boxes("remove_small_boxes", "boxes", boxes)
+    min_size = check_real("remove_small_boxes", "min_size", min_size)
     boxes = _widen_int(boxes)
     widths = boxes[:, 2] - boxes[:, 0]
     heights = boxes[:, 3] - boxes[:, 1]

@@ -12,6 +12,7 @@ The class head returns **logits**: apply ``sigmoid`` for scores, and give the lo
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -38,6 +39,10 @@ def prior_bias(prior_probability: float) -> float:
     that at the start of training every anchor predicts "background" with probability ``1 - pi``
     and the many easy negatives do not swamp the loss.
     """
+    if isinstance(prior_probability, bool) or not isinstance(prior_probability, numbers.Real):
+        raise TypeError(
+            f"prior_bias: prior_probability must be a number in (0, 1), got {prior_probability!r}"
+        )
     pi = float(prior_probability)
     if not 0.0 < pi < 1.0:
         raise ValueError(

@@ -384,3 +384,50 @@ def test_sample_boxes_settings():
         detlib.sample_boxes(True, (32, 32))
     with pytest.raises(ValueError, match="sample_boxes: max_aspect must be a finite"):
         detlib.sample_boxes(2, (32, 32), max_aspect=float("inf"))
+
+
+@pytest.mark.parametrize(
+    "size, error, message",
+    [
+        ((-1, 10), ValueError, r"size\[0\] \(height\) must be a finite number >= 0"),
+        ((10, float("nan")), ValueError, r"size\[1\] \(width\) must be a finite number >= 0"),
+        ((True, 10), TypeError, r"size\[0\] \(height\) must be a number"),
+    ],
+)
+def test_clip_size_must_be_non_negative_numbers(size, error, message):
+    with pytest.raises(error, match=f"clip_boxes_to_image: {message}"):
+        detlib.clip_boxes_to_image(torch.tensor([[0.0, 0, 5, 5]]), size)
+
+
+def test_clip_keeps_integer_and_float_sizes():
+    boxes = torch.tensor([[-3.0, 2, 50, 70]])
+    assert detlib.clip_boxes_to_image(boxes, (64, 48)).tolist() == [[0.0, 2.0, 48.0, 64.0]]
+    assert detlib.clip_boxes_to_image(boxes, torch.Size((64, 48))).tolist() == [[0, 2, 48, 64]]
+
+
+def test_remove_small_boxes_refuses_nan():
+    with pytest.raises(ValueError, match="remove_small_boxes: min_size must not be NaN"):
+        detlib.remove_small_boxes(torch.tensor([[0.0, 0, 5, 5]]), float("nan"))
+
+
+def test_weighted_fusion_eps_must_be_positive():
+    with pytest.raises(ValueError, match="WeightedFusion: eps must be a finite number > 0"):
+        detlib.WeightedFusion(2, eps=0)
+    fusion = detlib.WeightedFusion(2)
+    with torch.no_grad():
+        fusion.weight.fill_(-1.0)  # training can drive every weight negative
+    out = fusion([torch.ones(1, 2, 3, 3), torch.ones(1, 2, 3, 3)])
+    assert torch.isfinite(out).all()
+
+
+def test_bools_are_not_ints():
+    with pytest.raises(
+        ValueError, match="SeparableConv2d: kernel_size must be an odd positive int"
+    ):
+        detlib.SeparableConv2d(4, 4, kernel_size=True)
+    with pytest.raises(TypeError, match="prior_bias: prior_probability must be a number"):
+        detlib.prior_bias(True)
+    with pytest.raises(TypeError, match="BoxCoder: weights must be a number"):
+        detlib.BoxCoder((True, 1, 1, 1))
+    with pytest.raises(ValueError, match="ClassHead: num_classes must be a positive int"):
+        detlib.ClassHead(8, 9, num_classes=True, num_layers=1)
