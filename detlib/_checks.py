@@ -94,7 +94,20 @@ def check_boxes(
 ) -> Tensor:
     """Check a box tensor: shape ``[N, 4]`` (``[..., 4]`` if ``batched``) and, when value checks are
     on, finite coordinates with a non-negative extent in the given format (a positive one if
-    ``strict``, for boxes that will be divided by their size)."""
+    ``strict``, for boxes that will be divided by their size).
+
+    This is :func:`check_box_shape` then :func:`check_box_values`. A function of several tensors
+    that must share a device calls the two apart, with ``check_same_device`` in between, so that
+    a tensor on the wrong device is reported as such (not as a failed value check).
+    """
+    boxes = check_box_shape(fn, name, boxes, batched=batched)
+    check_box_values(fn, name, boxes, fmt=fmt, strict=strict)
+    return boxes
+
+
+def check_box_shape(fn: str, name: str, boxes: object, batched: bool = False) -> Tensor:
+    """The structural half of :func:`check_boxes`: a tensor ``[N, 4]`` (``[..., 4]`` if
+    ``batched``) of real coordinates (bool and complex refused). Reads no data."""
     boxes = check_tensor(fn, name, boxes)
     if batched:
         if boxes.dim() < 1 or boxes.shape[-1] != 4:
@@ -106,6 +119,14 @@ def check_boxes(
             f"{fn}: {name} must hold real coordinates (a floating or integer dtype), "
             f"got {boxes.dtype}"
         )
+    return boxes
+
+
+def check_box_values(
+    fn: str, name: str, boxes: Tensor, fmt: str = "xyxy", strict: bool = False
+) -> Tensor:
+    """The data half of :func:`check_boxes` (when value checks are on): finite coordinates and a
+    non-negative extent (positive if ``strict``) in the format ``fmt``."""
     if _SWITCH.enabled and boxes.numel() > 0:
         _check_box_values(fn, name, boxes, fmt, strict)
     return boxes

@@ -10,7 +10,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detlib._checks import check_boxes, check_positive, check_real, check_same_device
+from detlib._checks import (
+    check_box_shape,
+    check_box_values,
+    check_boxes,
+    check_positive,
+    check_real,
+    check_same_device,
+)
 
 __all__ = [
     "box_area",
@@ -83,6 +90,15 @@ def _intersection_and_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Ten
     return inter, union
 
 
+def _check_box_pair(fn: str, boxes1: object, boxes2: object) -> None:
+    """Shapes first, then the device, then the values (which read the data)."""
+    check_box_shape(fn, "boxes1", boxes1)
+    check_box_shape(fn, "boxes2", boxes2)
+    check_same_device(fn, boxes1=boxes1, boxes2=boxes2)
+    check_box_values(fn, "boxes1", boxes1)
+    check_box_values(fn, "boxes2", boxes2)
+
+
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Intersection over union of every pair of boxes.
 
@@ -95,9 +111,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         gives NaN, as in ``torchvision.ops.box_iou``; remove such boxes first
         (:func:`remove_small_boxes`).
     """
-    check_boxes("box_iou", "boxes1", boxes1)
-    check_boxes("box_iou", "boxes2", boxes2)
-    check_same_device("box_iou", boxes1=boxes1, boxes2=boxes2)
+    _check_box_pair("box_iou", boxes1, boxes2)
     return _box_iou(boxes1, boxes2)
 
 
@@ -120,9 +134,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     Returns:
         ``Tensor[N, M]`` with values in ``[-1, 1]``.
     """
-    check_boxes("generalized_box_iou", "boxes1", boxes1)
-    check_boxes("generalized_box_iou", "boxes2", boxes2)
-    check_same_device("generalized_box_iou", boxes1=boxes1, boxes2=boxes2)
+    _check_box_pair("generalized_box_iou", boxes1, boxes2)
     boxes1, boxes2 = _widen_int(boxes1), _widen_int(boxes2)
     inter, union = _intersection_and_union(boxes1, boxes2)
     iou = inter / union
@@ -170,9 +182,7 @@ def distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
         ``torchvision.ops.distance_box_iou``.
     """
     fn = "distance_box_iou"
-    check_boxes(fn, "boxes1", boxes1)
-    check_boxes(fn, "boxes2", boxes2)
-    check_same_device(fn, boxes1=boxes1, boxes2=boxes2)
+    _check_box_pair(fn, boxes1, boxes2)
     diou, _ = _distance_iou_and_iou(_upcast(boxes1), _upcast(boxes2), eps)
     return diou
 
@@ -193,9 +203,7 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
         ``Tensor[N, M]``. Same values as ``torchvision.ops.complete_box_iou``.
     """
     fn = "complete_box_iou"
-    check_boxes(fn, "boxes1", boxes1)
-    check_boxes(fn, "boxes2", boxes2)
-    check_same_device(fn, boxes1=boxes1, boxes2=boxes2)
+    _check_box_pair(fn, boxes1, boxes2)
     boxes1, boxes2 = _upcast(boxes1), _upcast(boxes2)
     diou, iou = _distance_iou_and_iou(boxes1, boxes2, eps)
     w1 = (boxes1[:, 2] - boxes1[:, 0])[:, None]

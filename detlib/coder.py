@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from detlib._checks import (
-    check_boxes,
+    check_box_shape,
+    check_box_values,
     check_finite,
     check_floating,
     check_positive,
@@ -72,16 +73,16 @@ class BoxCoder:
             ``Tensor[..., N, 4]`` of ``(tx, ty, tw, th)`` in the dtype of ``gt_boxes``.
         """
         fn = "BoxCoder.encode"
-        check_floating(
-            fn, "gt_boxes", check_boxes(fn, "gt_boxes", gt_boxes, batched=True, strict=True)
-        )
-        check_boxes(fn, "anchors", anchors, strict=True)
+        check_floating(fn, "gt_boxes", check_box_shape(fn, "gt_boxes", gt_boxes, batched=True))
+        check_box_shape(fn, "anchors", anchors)
         check_same_device(fn, gt_boxes=gt_boxes, anchors=anchors)
         if gt_boxes.dim() < 2 or gt_boxes.shape[-2] != anchors.shape[0]:
             raise ValueError(
                 f"{fn}: gt_boxes must have shape [..., N, 4] with N = {anchors.shape[0]} anchors, "
                 f"got {list(gt_boxes.shape)}"
             )
+        check_box_values(fn, "gt_boxes", gt_boxes, strict=True)
+        check_box_values(fn, "anchors", anchors, strict=True)
         return self._encode(gt_boxes, anchors)
 
     def _encode(self, gt_boxes: Tensor, anchors: Tensor) -> Tensor:
@@ -118,13 +119,14 @@ class BoxCoder:
         """
         fn = "BoxCoder.decode"
         check_floating(fn, "deltas", check_tensor(fn, "deltas", deltas))
-        check_boxes(fn, "anchors", anchors)
+        check_box_shape(fn, "anchors", anchors)
         check_same_device(fn, deltas=deltas, anchors=anchors)
         if deltas.dim() < 2 or deltas.shape[-2] != anchors.shape[0] or deltas.shape[-1] % 4 != 0:
             raise ValueError(
                 f"{fn}: deltas must have shape [..., N, 4 * K] with N = {anchors.shape[0]} anchors, "
                 f"got {list(deltas.shape)}"
             )
+        check_box_values(fn, "anchors", anchors)
         check_finite(fn, "deltas", deltas)
         return self._decode(deltas, anchors)
 

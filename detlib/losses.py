@@ -12,6 +12,8 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from detlib._checks import (
+    check_box_shape,
+    check_box_values,
     check_boxes,
     check_floating,
     check_positive,
@@ -243,6 +245,8 @@ def detection_loss(
     batch_size, _, num_classes = cls_logits.shape
     gt_boxes, gt_labels = _padded_targets(fn, gt_boxes, gt_labels, batch_size, cls_logits.device)
     is_real = gt_labels >= 0  # [B, G]
+    # values last, once every type, shape and device is known to be right
+    check_box_values(fn, "anchors", anchors, strict=True)
     _check_target_values(fn, gt_boxes, gt_labels, is_real, num_classes)
 
     wide = cls_logits.dtype in (torch.float16, torch.bfloat16)
@@ -374,7 +378,7 @@ def _check_predictions(
 ) -> tuple[Tensor, Tensor, Tensor]:
     cls_logits = check_floating(fn, "cls_logits", check_tensor(fn, "cls_logits", cls_logits))
     box_deltas = check_floating(fn, "box_deltas", check_tensor(fn, "box_deltas", box_deltas))
-    anchors = check_floating(fn, "anchors", check_boxes(fn, "anchors", anchors, strict=True))
+    anchors = check_floating(fn, "anchors", check_box_shape(fn, "anchors", anchors))
     check_same_device(fn, cls_logits=cls_logits, box_deltas=box_deltas, anchors=anchors)
     if cls_logits.dim() != 3 or cls_logits.shape[2] == 0:
         raise ValueError(

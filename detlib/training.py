@@ -15,7 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from detlib._checks import check_tensor
+from detlib._checks import (
+    check_floating,
+    check_positive,
+    check_positive_int,
+    check_same_device,
+    check_tensor,
+)
 from detlib.heads import EfficientDet, TinyBackbone
 
 __all__ = ["DetectorConfig", "horizontal_flip", "load_checkpoint", "save_checkpoint"]
@@ -40,6 +46,17 @@ class DetectorConfig:
     bifpn_layers: int = 2
     head_layers: int = 2
     anchor_scale: float = 2.0
+
+    def __post_init__(self) -> None:
+        fn = "DetectorConfig"
+        for name in ("num_classes", "channels", "bifpn_layers", "head_layers"):
+            check_positive_int(fn, name, getattr(self, name))
+        widths = self.backbone_widths
+        if not isinstance(widths, (tuple, list)) or len(widths) != 5:
+            raise ValueError(f"{fn}: backbone_widths must be 5 ints, got {widths!r}")
+        for width in widths:
+            check_positive_int(fn, "backbone_widths", width)
+        check_positive(fn, "anchor_scale", self.anchor_scale)
 
     def build(self) -> EfficientDet:
         """A freshly initialised detector of this configuration."""
@@ -98,6 +115,8 @@ def horizontal_flip(
         )
     if flip.shape != images.shape[:1] or flip.dtype != torch.bool:
         raise ValueError(f"{fn}: flip must be a bool Tensor[B] with B = {images.shape[0]}")
+    check_floating(fn, "boxes", boxes)
+    check_same_device(fn, images=images, boxes=boxes, labels=labels, flip=flip)
     width = images.shape[-1]
     mirrored = torch.stack(
         (width - boxes[..., 2], boxes[..., 1], width - boxes[..., 0], boxes[..., 3]), dim=-1

@@ -431,3 +431,48 @@ def test_bools_are_not_ints():
         detlib.BoxCoder((True, 1, 1, 1))
     with pytest.raises(ValueError, match="ClassHead: num_classes must be a positive int"):
         detlib.ClassHead(8, 9, num_classes=True, num_layers=1)
+
+
+# --------------------------------------------------------------------------- 11. errors: who and in what order
+META = torch.device("meta")
+
+
+def test_device_checks_come_before_value_checks():
+    bad = torch.tensor([[5.0, 0, 1, 1]])  # x1 > x2: a value error, but the device is wrong first
+    for name in ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou"]:
+        with pytest.raises(ValueError, match=f"{name}: boxes1 is on cpu but boxes2 is on meta"):
+            getattr(detlib, name)(bad, torch.zeros(1, 4, device=META))
+    coder = detlib.BoxCoder()
+    with pytest.raises(
+        ValueError, match="BoxCoder.encode: gt_boxes is on cpu but anchors is on meta"
+    ):
+        coder.encode(bad, torch.zeros(1, 4, device=META))
+    with pytest.raises(
+        ValueError, match="BoxCoder.decode: deltas is on meta but anchors is on cpu"
+    ):
+        coder.decode(torch.zeros(1, 4, device=META), bad)
+    with pytest.raises(ValueError, match="detection_loss: cls_logits is on cpu but gt_boxes"):
+        detlib.detection_loss(
+            torch.zeros(1, 1, 2), torch.zeros(1, 1, 4), bad, [torch.zeros(1, 4, device=META)],
+            [torch.zeros(1, dtype=torch.int64, device=META)],
+        )  # fmt: skip
+
+
+def test_horizontal_flip_checks_devices():
+    images, boxes = torch.zeros(2, 3, 8, 8), torch.zeros(2, 1, 4)
+    labels, flip = torch.zeros(2, 1, dtype=torch.int64), torch.ones(2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="horizontal_flip: images is on cpu but boxes is on meta"):
+        detlib.horizontal_flip(images, boxes.to(META), labels, flip)
+    with pytest.raises(ValueError, match="horizontal_flip: images is on cpu but flip is on meta"):
+        detlib.horizontal_flip(images, boxes, labels, flip.to(META))
+
+
+def test_detector_config_names_itself():
+    with pytest.raises(ValueError, match="DetectorConfig: channels must be a positive int"):
+        detlib.DetectorConfig(channels=0)
+    with pytest.raises(ValueError, match="DetectorConfig: num_classes must be a positive int"):
+        detlib.DetectorConfig(num_classes=True)
+    with pytest.raises(ValueError, match="DetectorConfig: backbone_widths must be 5 ints"):
+        detlib.DetectorConfig(backbone_widths=(8, 8))
+    with pytest.raises(ValueError, match="DetectorConfig: anchor_scale must be a finite number"):
+        detlib.DetectorConfig(anchor_scale=float("nan"))
