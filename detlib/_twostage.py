@@ -7,7 +7,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from detlib._checks import check_boxes, check_image_size
+from detlib._checks import check_boxes, check_image_size, check_same_device, check_tensor
 from detlib.coder import BoxCoder
 
 __all__: list[str] = []
@@ -29,16 +29,31 @@ def check_fraction(fn: str, name: str, value: object) -> float:
     return float(value)
 
 
-def check_box_list(fn: str, name: str, boxes: object, strict: bool = False) -> list[Tensor]:
-    """Raise unless ``boxes`` is a list or tuple of ``Tensor[L_i, 4]`` boxes."""
+def check_box_list(fn: str, name: str, boxes: object) -> list[Tensor]:
+    """Raise unless ``boxes`` is a list or tuple of ``Tensor[L_i, 4]``; reads no values (see
+    :func:`check_box_values`), so that device checks can come first."""
     if not isinstance(boxes, (list, tuple)):
         raise TypeError(
             f"{fn}: {name} must be a list with one Tensor[L, 4] of (x1, y1, x2, y2) boxes per "
             f"image, got {type(boxes).__name__}"
         )
     for i, b in enumerate(boxes):
-        check_boxes(fn, f"{name}[{i}]", b, strict=strict)
+        check_tensor(fn, f"{name}[{i}]", b)
+        if b.dim() != 2 or b.shape[-1] != 4:
+            raise ValueError(f"{fn}: {name}[{i}] must have shape [N, 4], got {list(b.shape)}")
     return list(boxes)
+
+
+def check_box_values(fn: str, name: str, boxes: list[Tensor], strict: bool = False) -> None:
+    """The value checks of :func:`detlib._checks.check_boxes` on every tensor of a checked list."""
+    for i, b in enumerate(boxes):
+        check_boxes(fn, f"{name}[{i}]", b, strict=strict)
+
+
+def check_list_devices(fn: str, name: str, boxes: list[Tensor], like: str, tensor: Tensor) -> None:
+    """Raise unless every tensor of ``boxes`` is on the device of ``tensor`` (named ``like``)."""
+    for i, b in enumerate(boxes):
+        check_same_device(fn, **{like: tensor, f"{name}[{i}]": b})
 
 
 def check_image_sizes(fn: str, image_size: object, num_images: int) -> list[tuple[int, int]]:

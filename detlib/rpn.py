@@ -39,9 +39,11 @@ from detlib._checks import (
 from detlib._twostage import (
     check_box_coder,
     check_box_list,
+    check_box_values,
     check_flag,
     check_image_sizes,
     check_int,
+    check_list_devices,
 )
 from detlib.boxes import _box_iou
 from detlib.coder import BoxCoder
@@ -186,14 +188,13 @@ def label_anchors(
         where the label is 1).
     """
     fn = "label_anchors"
-    check_floating(fn, "anchors", check_boxes(fn, "anchors", anchors))
-    # A box of zero width or height overlaps no anchor: as a low-quality match every anchor
-    # would tie at IoU 0 and become its positive.
-    gt_boxes = check_box_list(fn, "gt_boxes", gt_boxes, strict=True)
+    check_floating(fn, "anchors", check_tensor(fn, "anchors", anchors))
+    if anchors.dim() != 2 or anchors.shape[-1] != 4:
+        raise ValueError(f"{fn}: anchors must have shape [N, 4], got {list(anchors.shape)}")
+    gt_boxes = check_box_list(fn, "gt_boxes", gt_boxes)
+    check_list_devices(fn, "gt_boxes", gt_boxes, "anchors", anchors)
     check_match_thresholds(fn, "fg_iou_thresh", fg_iou_thresh, "bg_iou_thresh", bg_iou_thresh)
     check_flag(fn, "allow_low_quality_matches", allow_low_quality_matches)
-    for i, boxes in enumerate(gt_boxes):
-        check_same_device(fn, anchors=anchors, **{f"gt_boxes[{i}]": boxes})
     if ignore is not None:
         check_tensor(fn, "ignore", ignore)
         if ignore.dtype != torch.bool or ignore.shape != anchors.shape[:1]:
@@ -202,6 +203,11 @@ def label_anchors(
                 f"{ignore.dtype} of shape {list(ignore.shape)}"
             )
         check_same_device(fn, anchors=anchors, ignore=ignore)
+    # Values last, once every structure and device is known to be right.
+    check_boxes(fn, "anchors", anchors)
+    # A box of zero width or height overlaps no anchor: as a low-quality match every anchor
+    # would tie at IoU 0 and become its positive.
+    check_box_values(fn, "gt_boxes", gt_boxes, strict=True)
     matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches)
     num_anchors = len(anchors)
     labels = anchors.new_zeros((len(gt_boxes), num_anchors))

@@ -28,6 +28,7 @@ from detlib._checks import (
 from detlib._twostage import (
     check_box_coder,
     check_box_list,
+    check_box_values,
     check_flag,
     check_fraction,
     check_int,
@@ -102,8 +103,8 @@ def sample_proposals(
         :class:`RoISamples`, one tensor per image in each field.
     """
     fn = "sample_proposals"
-    proposals = check_box_list(fn, "proposals", proposals, strict=True)
-    gt_boxes = check_box_list(fn, "gt_boxes", gt_boxes, strict=True)
+    proposals = check_box_list(fn, "proposals", proposals)
+    gt_boxes = check_box_list(fn, "gt_boxes", gt_boxes)
     gt_labels = _check_labels(fn, gt_labels, gt_boxes)
     if len(proposals) != len(gt_boxes):
         raise ValueError(
@@ -112,6 +113,10 @@ def sample_proposals(
         )
     for i, (p, g, lab) in enumerate(zip(proposals, gt_boxes, gt_labels)):
         check_same_device(fn, **{f"proposals[{i}]": p, f"gt_boxes[{i}]": g, f"gt_labels[{i}]": lab})
+    # Values last, once every structure and device is known to be right.
+    check_box_values(fn, "proposals", proposals, strict=True)
+    check_box_values(fn, "gt_boxes", gt_boxes, strict=True)
+    _check_label_values(fn, gt_labels)
     check_int(fn, "batch_size_per_image", batch_size_per_image, 0)
     check_fraction(fn, "positive_fraction", positive_fraction)
     check_match_thresholds(fn, "fg_iou_thresh", fg_iou_thresh, "bg_iou_thresh", bg_iou_thresh)
@@ -165,12 +170,19 @@ def _check_labels(fn: str, gt_labels: object, gt_boxes: list[Tensor]) -> list[Te
                 f"{fn}: gt_labels[{i}] must be an int64 Tensor[{len(boxes)}] (one class per box), "
                 f"got {labels.dtype} of shape {list(labels.shape)}"
             )
-        if value_checks_enabled() and len(labels) and bool((labels < 1).any()):
+    return list(gt_labels)
+
+
+def _check_label_values(fn: str, gt_labels: list[Tensor]) -> None:
+    """When value checks are on: classes >= 1 in every image (0 is the background)."""
+    if not value_checks_enabled():
+        return
+    for i, labels in enumerate(gt_labels):
+        if len(labels) and bool((labels < 1).any()):
             raise ValueError(
                 f"{fn}: gt_labels[{i}] must hold classes >= 1 (0 is the background), "
                 f"got {labels.min().item()}"
             )
-    return list(gt_labels)
 
 
 def _pad_rows(rows: list[Tensor], value: int) -> Tensor:

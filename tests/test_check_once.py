@@ -90,3 +90,19 @@ def test_multiscale_roi_align_reads_each_input_once(count_value_reads):
     out = detlib.multiscale_roi_align(features, boxes, 2, [1 / 4, 1 / 8], canonical_scale=32)
     assert out.shape == (3, 3, 2, 2)
     assert len(count_value_reads) == 2  # one per image's boxes; the levels are pooled unchecked
+
+
+def test_device_checks_come_before_value_checks():
+    # NaN anchors on the CPU, ground truth elsewhere: the device mismatch is the error reported,
+    # before any value is read (reading values of tensors on two devices is what fails).
+    anchors = torch.tensor([[0.0, 0.0, float("nan"), 4.0]])
+    meta = [torch.zeros(1, 4, device="meta")]
+    with pytest.raises(ValueError, match=r"^label_anchors: anchors is on cpu but gt_boxes\[0\]"):
+        detlib.label_anchors(anchors, meta)
+    proposals = [torch.tensor([[0.0, 0.0, float("nan"), 4.0]])]
+    labels = [torch.ones(1, dtype=torch.int64, device="meta")]
+    with pytest.raises(ValueError, match=r"^sample_proposals: proposals\[0\] is on cpu"):
+        detlib.sample_proposals(proposals, meta, labels)
+    features = [torch.zeros(1, 1, 8, 8)]
+    with pytest.raises(ValueError, match=r"^multiscale_roi_align: features\[0\] is on cpu"):
+        detlib.multiscale_roi_align(features, [torch.zeros(1, 4, device="meta")], 2, [1.0])

@@ -110,7 +110,8 @@ def _check_rois(fn: str, rois: object, input: Tensor) -> Tensor:
         for i, boxes in enumerate(rois):
             name = f"rois[{i}]"
             check_same_device(fn, input=input, **{name: check_tensor(fn, name, boxes)})
-            check_boxes(fn, name, boxes)
+        for i, boxes in enumerate(rois):  # values last, after every device
+            check_boxes(fn, f"rois[{i}]", boxes)
         return _boxes_to_rois(rois, input)
     raise TypeError(
         f"{fn}: rois must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(rois).__name__}"
@@ -154,6 +155,7 @@ def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
     """A context in which autocast is off on ``device``'s type (a no-op where autocast does not
     exist). RoI pooling computes in float32 or float64 itself, like torchvision's kernels, whose
     autocast rule casts the inputs to float32 and runs the kernel with autocast off."""
-    if torch.amp.is_autocast_available(device.type):
+    is_available = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4
+    if is_available(device.type) if is_available else device.type in ("cpu", "cuda"):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()

@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 
 from detlib._checks import check_boxes, check_floating, check_positive, check_same_device
-from detlib._twostage import check_box_list, check_flag, check_int
+from detlib._twostage import (
+    check_box_list,
+    check_box_values,
+    check_flag,
+    check_int,
+    check_list_devices,
+)
 from detlib.roi import _common
 from detlib.roi.align import _roi_align
 
@@ -128,15 +134,15 @@ def multiscale_roi_align(
     canonical_scale = check_positive(fn, "canonical_scale", canonical_scale)
     canonical_level = check_int(fn, "canonical_level", canonical_level, -(2**31))
     boxes = check_box_list(fn, "boxes", boxes)
+    check_list_devices(fn, "boxes", boxes, "features[0]", features[0])
     if len(boxes) > features[0].shape[0]:
         raise ValueError(
             f"{fn}: boxes must hold one Tensor[L, 4] per image, got {len(boxes)} tensors for "
             f"features of batch size {features[0].shape[0]}"
         )
-    for i, b in enumerate(boxes):
-        check_same_device(fn, **{"features[0]": features[0], f"boxes[{i}]": b})
     for i, f in enumerate(features):
         check_same_device(fn, **{"features[0]": features[0], f"features[{i}]": f})
+    check_box_values(fn, "boxes", boxes)  # values last, after every structure and device
     rois = _common._boxes_to_rois(boxes, features[0]).detach()
 
     def pool(level: int, rois: Tensor) -> Tensor:
