@@ -562,7 +562,104 @@ def _make_focal_explorer():
     return FocalLossExplorer
 
 
+# --------------------------------------------------------------------------- chapter 6: RoI pooling
+def roi_feature_map(size: int = 8, seed: int = 0) -> torch.Tensor:
+    """The RoI explorer's one-channel feature map ``[size, size]`` (float64): a smooth bump plus
+    noise, values with one decimal in about ``[0, 9]``."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64),
+        torch.arange(size, dtype=torch.float64),
+        indexing="ij",
+    )
+    centre = size * 0.55
+    bump = 8 * torch.exp(-((xs - centre) ** 2 + (ys - centre * 0.8) ** 2) / (size * 0.9))
+    noise = torch.rand(size, size, generator=g, dtype=torch.float64) * 1.5
+    return torch.round((bump + noise) * 10) / 10
+
+
+def roi_outputs(
+    feature: torch.Tensor,
+    roi: Sequence[float],
+    output_size: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(RoI Pool, RoI Align)`` of one RoI ``(x1, y1, x2, y2)`` on a ``[H, W]`` map, each
+    ``[output_size, output_size]``, by :func:`detlib.roi_pool` and :func:`detlib.roi_align`
+    (spatial scale 1; a ``sampling_ratio <= 0`` is adaptive)."""
+    from detlib import roi_align, roi_pool
+
+    x = feature[None, None]
+    box = [torch.tensor([roi], dtype=feature.dtype)]
+    pool = roi_pool(x, box, output_size)[0, 0]
+    align = roi_align(x, box, output_size, sampling_ratio=sampling_ratio, aligned=aligned)[0, 0]
+    return pool, align
+
+
+def describe_roi(
+    pool: torch.Tensor, align: torch.Tensor, output_size: int, sampling_ratio: int, aligned: bool
+) -> str:
+    """The numbers the RoI explorer shows (its JavaScript's ``describe``)."""
+
+    def grid(m: torch.Tensor) -> str:
+        return " | ".join(" ".join(fixed(v, 2) for v in row) for row in m.tolist())
+
+    sampling = (
+        f"{sampling_ratio} x {sampling_ratio} samples"
+        if sampling_ratio > 0
+        else "adaptive sampling"
+    )
+    return (
+        f"{output_size} x {output_size} bins, {sampling}, aligned {'on' if aligned else 'off'}: "
+        f"RoI Pool {grid(pool)}; RoI Align {grid(align)}"
+    )
+
+
+def _make_roi_explorer():
+    import traitlets
+
+    class RoIExplorer(_anywidget_base()):
+        """A RoI the reader moves and resizes on a feature map; RoI Pool and RoI Align side by side.
+
+        Controls: output size, sampling ratio (0: adaptive) and ``aligned``. The map shows RoI
+        Align's bins and sampling points and RoI Pool's whole-cell bins; :meth:`outputs` and
+        :meth:`describe` give detlib's results for the current settings.
+        """
+
+        _esm = _STATIC / "roi_explorer.js"
+        _css = _STATIC / "explorers.css"
+        roi = traitlets.List(traitlets.Float(), default_value=[1.3, 1.6, 6.2, 5.4]).tag(sync=True)
+        output_size = traitlets.Int(2).tag(sync=True)
+        sampling_ratio = traitlets.Int(2).tag(sync=True)
+        aligned = traitlets.Bool(False).tag(sync=True)
+        feature = traitlets.List().tag(sync=True)
+
+        def __init__(self, seed: int = 0, **settings):
+            super().__init__(**settings)
+            if not self.feature:
+                self.feature = roi_feature_map(seed=seed).tolist()
+
+        def outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+            """detlib's ``(RoI Pool, RoI Align)`` outputs for the current settings."""
+            return roi_outputs(
+                torch.tensor(self.feature, dtype=torch.float64),
+                self.roi,
+                self.output_size,
+                self.sampling_ratio,
+                self.aligned,
+            )
+
+        def describe(self) -> str:
+            """The numbers the browser shows, computed by detlib in the kernel."""
+            pool, align = self.outputs()
+            return describe_roi(pool, align, self.output_size, self.sampling_ratio, self.aligned)
+
+    return RoIExplorer
+
+
 _FACTORIES = {
+    "RoIExplorer": _make_roi_explorer,
     "FocalLossExplorer": _make_focal_explorer,
     "NMSExplorer": _make_nms_explorer,
     "IoUExplorer": _make_iou_explorer,

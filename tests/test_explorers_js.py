@@ -316,3 +316,65 @@ def test_focal_explorer_numbers():
     focal_easy = shares["easy"][1] / sum(v[1] for v in shares.values())
     assert ce_easy > 0.35 and focal_easy < 0.02  # what the explorer is there to show
     assert explorer.describe().startswith("gamma 2.0, alpha 0.25: focal loss ")
+
+
+# --------------------------------------------------------------------------- RoI pooling (chapter 6)
+ROI_BODY = (
+    "const out = input.cases.map((c) => {\n"
+    "  const pool = m.roiPool(input.map, c.roi, c.output_size);\n"
+    "  const align = m.roiAlign(input.map, c.roi, c.output_size, c.sampling_ratio, c.aligned);\n"
+    "  return { pool, align, text: m.describe(pool, align, c) };\n"
+    "});\n"
+    "process.stdout.write(JSON.stringify(out));"
+)
+
+
+def test_browser_roi_pool_and_align_equal_detlib_on_random_settings(tmp_path):
+    from detlib.explorers import describe_roi, roi_feature_map, roi_outputs
+
+    feature = roi_feature_map()
+    rng = random.Random(5)
+    cases = []
+    for k in range(40):
+        x1, y1 = rng.uniform(-1.5, 7), rng.uniform(-1.5, 7)
+        roi = [round(v, 1) for v in (x1, y1, x1 + rng.uniform(0.2, 6), y1 + rng.uniform(0.2, 6))]
+        cases.append(
+            dict(
+                roi=roi,
+                output_size=rng.randrange(1, 8),
+                sampling_ratio=rng.randrange(0, 5),
+                aligned=k % 2 == 0,
+            )
+        )
+    cases.append(
+        dict(roi=[2.5, -2.5, 4.5, 0.5], output_size=2, sampling_ratio=2, aligned=False)
+    )  # halves
+    cases.append(
+        dict(roi=[7.0, 7.0, 9.5, 9.5], output_size=3, sampling_ratio=0, aligned=True)
+    )  # outside
+    results = run_node(tmp_path, "roi_explorer", ROI_BODY, dict(cases=cases, map=feature.tolist()))
+    for case, result in zip(cases, results):
+        pool, align = roi_outputs(
+            feature, case["roi"], case["output_size"], case["sampling_ratio"], case["aligned"]
+        )
+        assert result["pool"] == pool.tolist(), case  # maxima of the same numbers: exact
+        assert torch.allclose(
+            torch.tensor(result["align"], dtype=torch.float64), align, rtol=1e-12, atol=1e-12
+        ), case
+        settings = {k: case[k] for k in ("output_size", "sampling_ratio", "aligned")}
+        # The text rounds to 2 decimals: a value within rounding noise of a tie (x.xx5, common
+        # here since the map has one decimal) may round either way in the last ulp.
+        ties = ((align * 100) % 1 - 0.5).abs() < 1e-9
+        if not bool(ties.any()):
+            assert result["text"] == describe_roi(pool, align, **settings)
+
+
+def test_roi_explorer_state_round_trips():
+    from detlib.explorers import RoIExplorer
+
+    explorer = RoIExplorer(aligned=True, output_size=3)
+    state = explorer.get_state()
+    assert state["aligned"] is True and len(state["feature"]) == 8
+    pool, align = explorer.outputs()
+    assert pool.shape == align.shape == (3, 3)
+    assert explorer.describe().startswith("3 x 3 bins, 2 x 2 samples, aligned on: RoI Pool ")

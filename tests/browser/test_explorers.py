@@ -93,6 +93,16 @@ EXPLORERS = [
         ".detlib-focal-report",
         "svg.detlib-focal-shares",
     ),
+    Explorer(
+        "RoIExplorer",
+        "roi_explorer",
+        "chapters/06_rpn_roi.html",
+        "detlib-roi-explorer",
+        'input[name="output_size"]',
+        "3",
+        ".detlib-roi-report",
+        "svg.detlib-roi-outputs",
+    ),
 ]
 
 
