@@ -44,6 +44,7 @@ Parity with torchvision, down to the last bit:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -65,8 +66,8 @@ __all__ = ["nms", "batched_nms", "soft_nms"]
 # work on pairs inside a block whose boxes a previous block has already suppressed.
 _BLOCK_SIZE = 256
 
-# Upper bound on the number of box pairs whose IoU is held in memory at once (16 MB in float32).
-_MAX_PAIRS = 1 << 22
+# Upper bound on the number of box pairs whose IoU is held in memory at once (4 MB in float32).
+_MAX_PAIRS = 1 << 20
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -89,7 +90,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     fn = "nms"
     boxes, scores = _check_boxes_and_scores(fn, boxes, scores)
     threshold = check_real(fn, "iou_threshold", iou_threshold)
-    return _greedy_nms(boxes, scores, None, threshold)
+    return _outside_autocast(_greedy_nms, boxes, scores, None, threshold)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -114,20 +115,59 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         device of ``boxes``; equal scores by increasing index.
     """
     fn = "batched_nms"
+    if _all_empty(fn, boxes, scores, idxs):  # any dtype, as in torchvision
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
     boxes, scores = _check_boxes_and_scores(fn, boxes, scores)
     idxs = _check_categories(fn, idxs, boxes)
     threshold = check_real(fn, "iou_threshold", iou_threshold)
-    return _greedy_nms(boxes, scores, idxs, threshold)
+    return _outside_autocast(_greedy_nms, boxes, scores, idxs, threshold)
+
+
+def _outside_autocast(run, boxes: Tensor, scores: Tensor, *args):
+    """``run(boxes, scores, *args)`` with autocast off; under autocast, 16-bit boxes and scores
+    are first widened to float32, which is what torchvision's autocast kernels for NMS do.
+    (Inside autocast, the block's matrix products would otherwise run in 16 bits.)"""
+    device_type = boxes.device.type
+    if not _autocast_enabled(device_type):
+        return run(boxes, scores, *args)
+    if boxes.dtype in (torch.float16, torch.bfloat16):
+        boxes = boxes.float()
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
+    with torch.autocast(device_type, enabled=False):
+        return run(boxes, scores, *args)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (the signature changed in torch 2.4)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return device_type == "cuda" and torch.is_autocast_enabled()
 
 
 # --- input checks -------------------------------------------------------------------------------
+
+
+def _all_empty(fn: str, boxes: object, scores: object, idxs: object) -> bool:
+    """Whether ``boxes``, ``scores`` and ``idxs`` are tensors without elements, of any dtype:
+    ``torchvision.ops.batched_nms`` returns an empty result for those."""
+    for name, value in (("boxes", boxes), ("scores", scores), ("idxs", idxs)):
+        check_tensor(fn, name, value)
+    return boxes.numel() == 0 and scores.numel() == 0 and idxs.numel() == 0
 
 
 def _check_boxes_and_scores(fn: str, boxes: object, scores: object) -> tuple[Tensor, Tensor]:
     """``boxes`` ``[N, 4]`` and ``scores`` ``[N]``, both floating point and on one device;
     returned detached, since NMS has nothing to differentiate."""
     check_floating(fn, "boxes", check_tensor(fn, "boxes", boxes))
-    check_boxes(fn, "boxes", boxes)
+    if _autocast_enabled(boxes.device.type):  # the value checks' reductions refuse float16 there
+        with torch.autocast(boxes.device.type, enabled=False):
+            check_boxes(fn, "boxes", boxes)
+    else:
+        check_boxes(fn, "boxes", boxes)
     check_floating(fn, "scores", check_tensor(fn, "scores", scores))
     if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
         raise ValueError(
@@ -180,7 +220,7 @@ class _Candidates(NamedTuple):
     """``P`` boxes still in the running, in the order in which greedy NMS visits them."""
 
     indices: Tensor  # [P] int64: row of each box in the caller's ``boxes``
-    corners: Tensor  # [4, P]: rows x1, y1, x2, y2, each contiguous
+    corners: Tensor  # [4, P]: rows x1, y1, x2, y2 in the boxes' dtype, each contiguous
     areas: Tensor  # [P] in the dtype the IoU is computed in
     labels: Tensor | None  # [P] category of each box, or None when there is one category
 
@@ -189,27 +229,69 @@ class _Candidates(NamedTuple):
         return self.indices.shape[0]
 
     def select(self, rows: Tensor | slice) -> _Candidates:
-        """The candidates at ``rows`` (a slice or an index tensor), in that order."""
-        labels = None if self.labels is None else self.labels[rows]
-        return _Candidates(self.indices[rows], self.corners[:, rows], self.areas[rows], labels)
+        """The candidates at ``rows`` (a slice, or an int64 index tensor), in that order."""
+        if isinstance(rows, slice):
+            labels = None if self.labels is None else self.labels[rows]
+            return _Candidates(self.indices[rows], self.corners[:, rows], self.areas[rows], labels)
+        # index_select: the same rows as advanced indexing, with less overhead per call.
+        labels = None if self.labels is None else self.labels.index_select(0, rows)
+        return _Candidates(
+            self.indices.index_select(0, rows),
+            self.corners.index_select(1, rows),
+            self.areas.index_select(0, rows),
+            labels,
+        )
 
 
 def _greedy_nms(boxes: Tensor, scores: Tensor, labels: Tensor | None, threshold: float) -> Tensor:
     """Indices ``Tensor[K]`` kept by greedy NMS, visiting ``boxes`` (``[N, 4]``) by decreasing
-    ``scores`` (``[N]``); boxes with different ``labels`` (``[N]`` or None) never interact."""
+    ``scores`` (``[N]``); boxes with different ``labels`` (``[N]`` or None) never interact.
+
+    Unchecked: the pipelines that have checked their inputs once (post-processing, proposals)
+    call this directly. ``threshold`` is a Python float.
+    """
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    threshold = _threshold_for(threshold, _iou_dtype(boxes.dtype), boxes.device)
+    threshold = _threshold_for(threshold, _iou_dtype(boxes.dtype), boxes.device.type)
     candidates = _candidates_in_visiting_order(boxes, scores, labels)
     kept = []
     while candidates.count > 0:
         block = candidates.select(slice(0, _BLOCK_SIZE))
         candidates = candidates.select(slice(_BLOCK_SIZE, None))
-        block = block.select(_greedy_keep_within(block, threshold).nonzero().squeeze(1))
+        block = block.select(_greedy_keep_within(block, threshold))
         kept.append(block.indices)
-        candidates = _remove_suppressed(candidates, block, threshold)
-    kept = torch.cat(kept)
+        if candidates.count > 0:
+            candidates = _remove_suppressed(candidates, block, threshold)
+    kept = kept[0] if len(kept) == 1 else torch.cat(kept)
     return kept if labels is None else _by_decreasing_score(kept, scores)
+
+
+def _remove_suppressed(candidates: _Candidates, kept: _Candidates, threshold: float) -> _Candidates:
+    """The ``candidates`` that no box of ``kept`` suppresses.
+
+    With categories, boxes are visited category by category, so the candidates that are left
+    belong to the last category of ``kept`` or to later ones: only the kept boxes of that last
+    category can suppress anything, and only the candidates of that category, the first ones.
+    """
+    if kept.labels is None:
+        survivors = _suppressed_by(kept, candidates, threshold).logical_not_()
+        return candidates.select(survivors.nonzero().squeeze(1))
+    last_category = kept.labels[-1]
+    kept = kept.select((kept.labels == last_category).nonzero().squeeze(1))
+    shared = int((candidates.labels == last_category).sum())
+    if shared == 0:
+        return candidates
+    survivors = _suppressed_by(kept, candidates.select(slice(0, shared)), threshold)
+    rows = survivors.logical_not_().nonzero().squeeze(1)
+    if shared < candidates.count:
+        rows = torch.cat((rows, torch.arange(shared, candidates.count, device=rows.device)))
+    return candidates.select(rows)
+
+
+def _by_decreasing_score(indices: Tensor, scores: Tensor) -> Tensor:
+    """``indices`` (``[K]``) reordered by decreasing score, equal scores by increasing index."""
+    indices = torch.sort(indices).values
+    return indices[torch.sort(scores[indices], descending=True, stable=True).indices]
 
 
 def _iou_dtype(box_dtype: torch.dtype) -> torch.dtype:
@@ -217,19 +299,21 @@ def _iou_dtype(box_dtype: torch.dtype) -> torch.dtype:
     return box_dtype if box_dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _threshold_for(threshold: float, iou_dtype: torch.dtype, device: torch.device) -> float:
+@functools.lru_cache(maxsize=256)
+def _threshold_for(threshold: float, iou_dtype: torch.dtype, device_type: str) -> float:
     """The number ``t`` for which ``iou > t`` computed by PyTorch in ``iou_dtype`` decides like
-    torchvision's kernel on ``device``.
+    torchvision's kernel on a device of type ``device_type``.
 
     PyTorch compares a float32 tensor with a Python number after rounding the number to float32.
     torchvision's CPU kernel instead compares the float32 IoU with the float64 threshold, so a
     float32 IoU equal to ``float32(0.1)`` (which is slightly more than 0.1) counts as above 0.1.
     Rounding the threshold *down* to float32 reproduces that: for a float32 ``x``,
     ``x > t`` exactly when ``x > round_down(t)``. torchvision's GPU kernels round the threshold to
-    the nearest float32 and compare with that, in every dtype.
+    the nearest float32 and compare with that, in every dtype. (Cached: it is called by every
+    NMS and costs a few small tensor operations.)
     """
     as_float32 = torch.tensor(threshold, dtype=torch.float32)
-    if device.type != "cpu":
+    if device_type != "cpu":
         return float(as_float32)
     if iou_dtype == torch.float64:
         return threshold
@@ -247,13 +331,15 @@ def _candidates_in_visiting_order(
     if labels is not None:
         # Categories never interact, so visiting them one after the other changes no decision,
         # and then the later boxes of a block's categories are found together (_remove_suppressed).
-        order = order[torch.sort(labels[order], stable=True).indices]
-    corners = boxes[order].T.contiguous()
+        order = order.index_select(
+            0, torch.sort(labels.index_select(0, order), stable=True).indices
+        )
+    corners = boxes.index_select(0, order).T.contiguous()
     return _Candidates(
         indices=order,
         corners=corners,
         areas=_areas(corners, _iou_dtype(boxes.dtype)),
-        labels=None if labels is None else labels[order],
+        labels=None if labels is None else labels.index_select(0, order),
     )
 
 
@@ -269,8 +355,8 @@ def _areas(corners: Tensor, iou_dtype: torch.dtype) -> Tensor:
 
 
 def _greedy_keep_within(block: _Candidates, threshold: float) -> Tensor:
-    """Which boxes of ``block`` (``B`` boxes in visiting order, none suppressed by an earlier
-    kept box) greedy NMS keeps: ``Tensor[B]`` (bool).
+    """The rows of ``block`` (``B`` boxes in visiting order, none suppressed by an earlier kept
+    box) that greedy NMS keeps: ``Tensor[K]`` (int64), increasing.
 
     Greedy NMS keeps box ``j`` exactly when no *kept* earlier box suppresses it. Starting from
     "keep everything" and applying that rule to all boxes at once, again and again, reaches a
@@ -279,40 +365,16 @@ def _greedy_keep_within(block: _Candidates, threshold: float) -> Tensor:
     has at most ``B`` boxes, so ``B + 1`` rounds always suffice; in practice it takes a handful.
     """
     # suppresses[i, j] = 1 when box i comes before box j and would suppress it.
-    suppresses = (_pairwise_iou(block, block) > threshold).triu_(diagonal=1).float()
-    keep = torch.ones(block.count, dtype=torch.bool, device=block.indices.device)
+    suppresses = _suppresses(block, block, threshold).triu_(diagonal=1).float()
+    # keep as 1.0 / 0.0: counting the kept suppressors with a matrix product is faster than a
+    # boolean any(), and eq_ writes its answer back as 1.0 / 0.0.
+    keep = suppresses.new_ones(block.count)
     for _ in range(block.count + 1):
-        # Counting the kept suppressors with a matrix product is faster than a boolean any().
-        next_keep = keep.float() @ suppresses == 0
+        next_keep = (keep @ suppresses).eq_(0)
         if torch.equal(next_keep, keep):
-            return keep
+            return keep.nonzero().squeeze(1)
         keep = next_keep
     raise AssertionError("unreachable: the greedy decisions must settle within B + 1 rounds")
-
-
-def _remove_suppressed(candidates: _Candidates, kept: _Candidates, threshold: float) -> _Candidates:
-    """The ``candidates`` that no box of ``kept`` suppresses.
-
-    With categories, boxes are visited category by category, so the candidates that are left
-    belong to the last category of ``kept`` or to later ones: only the kept boxes of that last
-    category can suppress anything, and only the candidates of that category, the first ones.
-    """
-    shared = candidates.count
-    if kept.labels is not None:
-        last_category = kept.labels[-1]
-        kept = kept.select((kept.labels == last_category).nonzero().squeeze(1))
-        shared = int((candidates.labels == last_category).sum())
-    if shared == 0:
-        return candidates
-    suppressed = torch.zeros(candidates.count, dtype=torch.bool, device=candidates.indices.device)
-    suppressed[:shared] = _suppressed_by(kept, candidates.select(slice(0, shared)), threshold)
-    return candidates.select((~suppressed).nonzero().squeeze(1))
-
-
-def _by_decreasing_score(indices: Tensor, scores: Tensor) -> Tensor:
-    """``indices`` (``[K]``) reordered by decreasing score, equal scores by increasing index."""
-    indices = torch.sort(indices).values
-    return indices[torch.sort(scores[indices], descending=True, stable=True).indices]
 
 
 def _suppressed_by(kept: _Candidates, candidates: _Candidates, threshold: float) -> Tensor:
@@ -321,22 +383,34 @@ def _suppressed_by(kept: _Candidates, candidates: _Candidates, threshold: float)
 
     The candidates are taken in chunks so that at most ``_MAX_PAIRS`` IoUs exist at once.
     """
-    chunk = max(1, _MAX_PAIRS // kept.count)
-    # A candidate is suppressed when its largest IoU with a kept box is above the threshold.
-    # Reducing first and comparing ``P`` numbers is faster than comparing ``K * P`` of them.
-    largest_iou = [
-        _pairwise_iou(kept, candidates.select(slice(start, start + chunk))).amax(dim=0)
-        for start in range(0, candidates.count, chunk)
-    ]
-    return torch.cat(largest_iou) > threshold
+    chunk = max(1, _MAX_PAIRS // max(1, kept.count))
+    if chunk >= candidates.count:
+        return _suppresses(kept, candidates, threshold).any(0)
+    return torch.cat(
+        [
+            _suppresses(kept, candidates.select(slice(start, start + chunk)), threshold).any(0)
+            for start in range(0, candidates.count, chunk)
+        ]
+    )
+
+
+def _suppresses(rows: _Candidates, cols: _Candidates, threshold: float) -> Tensor:
+    """Whether ``rows[i]`` would suppress ``cols[j]``: ``Tensor[R, C]`` (bool), IoU above the
+    threshold and, with categories, the same category.
+
+    A pair of zero-area boxes has IoU ``0 / 0 = NaN``, which is never above the threshold. With
+    categories, pairs of different categories are masked out: the result is per-category NMS on
+    the boxes as they are, with no coordinate shift that could round.
+    """
+    above = _pairwise_iou(rows, cols) > threshold
+    if rows.labels is not None:
+        above &= rows.labels[:, None] == cols.labels
+    return above
 
 
 def _pairwise_iou(rows: _Candidates, cols: _Candidates) -> Tensor:
-    """IoU of ``rows[i]`` and ``cols[j]``: ``Tensor[R, C]``, with ``-inf`` for the pairs that can
-    never suppress each other.
+    """IoU of ``rows[i]`` and ``cols[j]``: ``Tensor[R, C]``, NaN for two zero-area boxes.
 
-    Those are the pairs of zero-area boxes, whose IoU ``0 / 0`` is NaN (never above a threshold,
-    but ``amax`` would return it over a real IoU), and pairs from different categories. The IoU is
     ``inter / (area_i + area_j - inter)``, the formula of torchvision's kernels; in-place
     operations keep the number of ``[R, C]`` temporaries small.
     """
@@ -347,10 +421,7 @@ def _pairwise_iou(rows: _Candidates, cols: _Candidates) -> Tensor:
     inter *= _overlap_length(y1r, y2r, y1c, y2c, iou_dtype)
     union = rows.areas[:, None] + cols.areas
     union -= inter
-    iou = inter.div_(union).nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
-    if rows.labels is not None:
-        iou.masked_fill_(rows.labels[:, None] != cols.labels, -math.inf)
-    return iou
+    return inter.div_(union)
 
 
 def _overlap_length(
@@ -433,15 +504,18 @@ def soft_nms(
     if method == "gaussian":
         decay = _gaussian_decay(sigma)
     else:  # Compare like nms on the CPU: as if the IoU were compared with the float64 threshold.
-        decay = _linear_decay(_threshold_for(threshold, iou_dtype, torch.device("cpu")))
-    return _soft_nms(boxes, scores, decay, score_threshold)
+        decay = _linear_decay(_threshold_for(threshold, iou_dtype, "cpu"))
+    return _outside_autocast(_soft_nms, boxes, scores, decay, score_threshold)
 
 
 def _gaussian_decay(sigma: float):
     """``iou -> exp(-iou**2 / sigma)``, elementwise."""
 
     def decay(iou: Tensor) -> Tensor:
-        return torch.exp(-(iou * iou) / sigma)
+        # In float64: a sigma below float32's range (1e-46) would round to 0 and give 0 / 0 =
+        # NaN for a box that does not overlap; in float64 that decay is exp(-0) = 1.
+        wide = iou.double()
+        return torch.exp(-(wide * wide) / sigma).to(iou.dtype)
 
     return decay
 
@@ -474,7 +548,7 @@ def _soft_nms(
     lowest = _smallest_at_least(score_threshold, work_dtype)
     work = scores.to(work_dtype)
     alive = (work >= lowest).nonzero().squeeze(1)  # increasing index: argmax picks ties in order
-    corners = boxes[alive].T.contiguous()
+    corners = boxes.index_select(0, alive).T.contiguous()
     candidates = _Candidates(alive, corners, _areas(corners, _iou_dtype(boxes.dtype)), None)
     work = work[alive]
     kept, kept_scores = [], []
@@ -482,7 +556,7 @@ def _soft_nms(
         best = torch.argmax(work).reshape(1)  # the first of equal maxima
         kept.append(candidates.indices[best])
         kept_scores.append(work[best])
-        iou = _pairwise_iou(candidates.select(best), candidates)[0].clamp_(min=0)  # NaN -> 0
+        iou = _pairwise_iou(candidates.select(best), candidates)[0].nan_to_num_(nan=0.0)
         work = work * decay(iou)
         survives = work >= lowest
         survives[best] = False

@@ -258,14 +258,14 @@ def test_nms_any_block_size_and_chunking(gen, monkeypatch, block_size):
 
 def test_nms_memory_stays_bounded(gen, monkeypatch):
     largest = []
-    pairwise_iou = nms_module._pairwise_iou
+    suppresses = nms_module._suppresses
 
-    def recording(rows, cols):
-        iou = pairwise_iou(rows, cols)
-        largest.append(iou.numel())
-        return iou
+    def recording(rows, cols, threshold):
+        pairs = suppresses(rows, cols, threshold)
+        largest.append(pairs.numel())
+        return pairs
 
-    monkeypatch.setattr(nms_module, "_pairwise_iou", recording)
+    monkeypatch.setattr(nms_module, "_suppresses", recording)
     boxes = clustered_boxes(20_000, gen)
     scores = torch.rand(20_000, generator=gen)
     assert torch.equal(nms(boxes, scores, 0.5), tvops.nms(boxes, scores, 0.5))
@@ -427,3 +427,44 @@ def test_any_real_threshold_is_accepted(gen):
     for iou_threshold in (1, np.float32(0.5), np.float64(0.7), 2.0):
         expected = tvops.nms(boxes, scores, float(iou_threshold))
         assert torch.equal(nms(boxes, scores, iou_threshold), expected)
+
+
+# ----------------------------------------------------------------------------- issue 13
+def test_module_is_not_shadowed_by_the_function():
+    import detlib
+
+    assert callable(detlib.nms)
+    assert detlib.suppression.soft_nms is detlib.soft_nms
+    assert not importlib.util.find_spec("detlib.nms")  # no module named like the function
+
+
+@pytest.mark.parametrize("boxes_shape", [(0,), (0, 4)])
+def test_batched_nms_of_empty_integer_tensors_is_empty_like_torchvision(boxes_shape):
+    boxes = torch.empty(boxes_shape, dtype=torch.int64)
+    scores, idxs = torch.empty(0), torch.empty(0, dtype=torch.int64)
+    expected = tvops.batched_nms(boxes, scores, idxs, 0.5)
+    keep = batched_nms(boxes, scores, idxs, 0.5)
+    assert keep.shape == expected.shape == (0,) and keep.dtype == torch.int64
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_nms_and_batched_nms_under_cpu_autocast_match_torchvision(gen, dtype):
+    # torchvision's autocast kernels widen 16-bit boxes and scores to float32 (on the CPU its
+    # float16 path raises); detlib does the same and keeps its block products out of autocast
+    # (they ran in bfloat16 before, and float16 raised).
+    boxes = clustered_boxes(2_000, gen).to(dtype)
+    scores = torch.rand(2_000, generator=gen).to(dtype)
+    labels = torch.randint(0, 3, (2_000,), generator=gen)
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    expected = tvops.nms(boxes.to(wide), scores.to(wide), 0.5)
+    expected_batched = tvops.batched_nms(boxes.to(wide), scores.to(wide), labels, 0.5)
+    with torch.autocast("cpu"):
+        keep = nms(boxes, scores, 0.5)
+        keep_batched = batched_nms(boxes, scores, labels, 0.5)
+        if dtype != torch.float16:
+            assert torch.equal(tvops.nms(boxes, scores, 0.5), expected)
+    assert torch.equal(keep, expected)
+    # Above 1,000 boxes torchvision orders its per-class results with an unstable sort, and
+    # 16-bit scores tie: the same boxes, and the same scores in the same order.
+    assert torch.equal(keep_batched.sort().values, expected_batched.sort().values)
+    assert torch.equal(scores[keep_batched], scores[expected_batched])

@@ -305,3 +305,24 @@ def test_bad_arguments_are_named(change, error, match):
     arguments.update(change)
     with pytest.raises(error, match=f"^soft_nms: {match}"):
         soft_nms(**arguments)
+
+
+@pytest.mark.parametrize("sigma", [1e-46, 1e-300])
+def test_sigma_below_float32_range_keeps_disjoint_boxes(sigma):
+    # 1e-46 rounds to 0 in float32: the Gaussian decay of a disjoint box was 0 / 0 = NaN and the
+    # box was dropped. A vanishing sigma is greedy NMS at IoU threshold 0.
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [100, 0, 110, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    keep, kept_scores = soft_nms(boxes, scores, sigma=sigma)
+    assert keep.tolist() == [0, 2, 3]
+    assert torch.equal(kept_scores, scores[[0, 2, 3]])
+
+
+def test_soft_nms_under_cpu_autocast():
+    gen = torch.Generator().manual_seed(0)
+    boxes = random_boxes(300, gen).to(torch.bfloat16)
+    scores = torch.rand(300, generator=gen).to(torch.bfloat16)
+    expected = soft_nms(boxes.float(), scores.float())
+    with torch.autocast("cpu"):
+        keep, kept_scores = soft_nms(boxes, scores)
+    assert torch.equal(keep, expected[0]) and torch.equal(kept_scores, expected[1])
