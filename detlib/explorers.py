@@ -658,7 +658,84 @@ def _make_roi_explorer():
     return RoIExplorer
 
 
+# --------------------------------------------------------------------------- chapter 5: fusion
+FUSION_INPUTS = ("P4 in", "P5 up", "P3 down")
+
+
+def fusion_signals(length: int = 48, seed: int = 0) -> torch.Tensor:
+    """Three rows of feature maps to fuse, ``[3, length]`` (float64, 3 decimals): a sharp one
+    (the level's own input), a smooth one (upsampled from a coarser level) and a noisy one."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.linspace(0, 1, length, dtype=torch.float64)
+    sharp = ((x > 0.3) & (x < 0.45)).double() * 1.0 + ((x > 0.7) & (x < 0.75)).double() * 0.8
+    smooth = 0.6 * torch.exp(-((x - 0.4) ** 2) / 0.03)
+    noisy = 0.3 + 0.25 * torch.randn(length, generator=g, dtype=torch.float64)
+    return torch.round(torch.stack((sharp, smooth, noisy)) * 1000) / 1000
+
+
+def fusion_result(
+    signals: torch.Tensor, raw_weights: Sequence[float], kind: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(normalised weights [n], fused [length])`` by :class:`detlib.WeightedFusion`."""
+    from detlib import WeightedFusion
+
+    fusion = WeightedFusion(len(raw_weights), kind=kind).to(signals.dtype)
+    with torch.no_grad():
+        fusion.weight.copy_(torch.tensor(raw_weights, dtype=signals.dtype))
+        return fusion.normalized_weights(), fusion(list(signals))
+
+
+def describe_fusion(weights: torch.Tensor, kind: str) -> str:
+    """The sentence the fusion explorer shows (its JavaScript's ``describe``)."""
+    name = "softmax fusion" if kind == "softmax" else "fast normalised fusion"
+    values = weights.tolist()
+    return f"{name}: weights {', '.join(fixed(v, 3) for v in values)} (sum {fixed(sum(values), 5)})"
+
+
+def _make_fusion_explorer():
+    import traitlets
+
+    class FusionExplorer(_anywidget_base()):
+        """BiFPN's weighted fusion of three inputs: raw weights in, normalised weights and the
+        fused map out, for fast normalised fusion or softmax fusion. :meth:`result` and
+        :meth:`describe` give detlib's numbers."""
+
+        _esm = _STATIC / "fusion_explorer.js"
+        _css = _STATIC / "explorers.css"
+        kind = traitlets.Unicode("fast").tag(sync=True)
+        raw_weights = traitlets.List(traitlets.Float(), default_value=[1.0, 1.0, 1.0]).tag(
+            sync=True
+        )
+        signals = traitlets.List().tag(sync=True)
+        names = traitlets.List(default_value=list(FUSION_INPUTS)).tag(sync=True)
+
+        def __init__(self, seed: int = 0, **settings):
+            super().__init__(**settings)
+            if not self.signals:
+                self.signals = fusion_signals(seed=seed).tolist()
+
+        @traitlets.validate("kind")
+        def _valid_kind(self, proposal):
+            if proposal["value"] not in ("fast", "softmax"):
+                raise traitlets.TraitError(
+                    f"FusionExplorer: kind must be 'fast' or 'softmax', got {proposal['value']!r}"
+                )
+            return proposal["value"]
+
+        def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+            """detlib's ``(normalised weights, fused row)`` for the current settings."""
+            signals = torch.tensor(self.signals, dtype=torch.float64)
+            return fusion_result(signals, self.raw_weights, self.kind)
+
+        def describe(self) -> str:
+            """The sentence the browser shows, computed by detlib in the kernel."""
+            return describe_fusion(self.result()[0], self.kind)
+
+    return FusionExplorer
+
+
 _FACTORIES = {
+    "FusionExplorer": _make_fusion_explorer,
     "RoIExplorer": _make_roi_explorer,
     "FocalLossExplorer": _make_focal_explorer,
     "NMSExplorer": _make_nms_explorer,

@@ -378,3 +378,49 @@ def test_roi_explorer_state_round_trips():
     pool, align = explorer.outputs()
     assert pool.shape == align.shape == (3, 3)
     assert explorer.describe().startswith("3 x 3 bins, 2 x 2 samples, aligned on: RoI Pool ")
+
+
+# --------------------------------------------------------------------------- fusion (chapter 5)
+FUSION_BODY = (
+    "const out = input.cases.map((c) => {\n"
+    "  const w = m.normalisedWeights(c.raw, c.kind);\n"
+    "  return { weights: w, fused: m.fuse(input.signals, w), text: m.describe(w, c.kind) };\n"
+    "});\n"
+    "process.stdout.write(JSON.stringify(out));"
+)
+
+
+def test_browser_fusion_equals_detlib_on_random_settings(tmp_path):
+    from detlib.explorers import describe_fusion, fusion_result, fusion_signals
+
+    signals = fusion_signals()
+    rng = random.Random(6)
+    cases = [dict(raw=[1.0, 1.0, 1.0], kind="fast"), dict(raw=[-1.0, -0.5, -2.0], kind="fast")]
+    cases += [
+        dict(raw=[round(rng.uniform(-2, 4), 1) for _ in range(3)], kind=("fast", "softmax")[k % 2])
+        for k in range(20)
+    ]
+    results = run_node(
+        tmp_path, "fusion_explorer", FUSION_BODY, dict(cases=cases, signals=signals.tolist())
+    )
+    for case, result in zip(cases, results):
+        weights, fused = fusion_result(signals, case["raw"], case["kind"])
+        if case["kind"] == "fast":  # relu, sum, divide: the same operations, bit for bit
+            assert result["weights"] == weights.tolist(), case
+            assert result["fused"] == fused.tolist(), case
+        else:  # exp: libm's and PyTorch's may differ in the last bit
+            assert result["weights"] == pytest.approx(weights.tolist(), rel=1e-12)
+            assert result["fused"] == pytest.approx(fused.tolist(), rel=1e-12, abs=1e-15)
+        assert result["text"] == describe_fusion(weights, case["kind"])
+
+
+def test_fusion_explorer_state_round_trips():
+    from detlib.explorers import FusionExplorer
+
+    explorer = FusionExplorer(raw_weights=[2.0, 0.0, -1.0])
+    assert (
+        explorer.describe() == "fast normalised fusion: weights 1.000, 0.000, 0.000 (sum 0.99995)"
+    )
+    explorer.kind = "softmax"
+    assert explorer.get_state()["kind"] == "softmax"
+    assert explorer.describe().startswith("softmax fusion: weights 0.84")

@@ -103,6 +103,16 @@ EXPLORERS = [
         ".detlib-roi-report",
         "svg.detlib-roi-outputs",
     ),
+    Explorer(
+        "FusionExplorer",
+        "fusion_explorer",
+        "chapters/05_bifpn.html",
+        "detlib-fusion-explorer",
+        'input[name="w0"]',
+        "3",
+        ".detlib-fusion-report",
+        "svg.detlib-fusion-plot",
+    ),
 ]
 
 
