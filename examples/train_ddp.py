@@ -92,12 +92,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group = parser.add_argument_group("model (chapter 8's defaults)")
     defaults = DetectorConfig()
     group.add_argument(
-        "--backbone-widths", type=int, nargs=5, default=list(defaults.backbone_widths)
+        "--backbone-widths",
+        type=int,
+        nargs=5,
+        default=list(defaults.backbone_widths),
+        metavar="W",
+        help="channels of the backbone's five blocks",
     )
-    group.add_argument("--channels", type=int, default=defaults.channels)
+    group.add_argument("--channels", type=int, default=defaults.channels, help="BiFPN width")
     group.add_argument("--bifpn-layers", type=int, default=defaults.bifpn_layers)
     group.add_argument("--head-layers", type=int, default=defaults.head_layers)
-    group.add_argument("--anchor-scale", type=float, default=defaults.anchor_scale)
+    group.add_argument(
+        "--anchor-scale", type=float, default=defaults.anchor_scale, help="anchor size in strides"
+    )
     group = parser.add_argument_group("checkpoints, logging, evaluation")
     group.add_argument(
         "--checkpoint",
