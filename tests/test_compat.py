@@ -59,12 +59,19 @@ def test_report_names_versions_counts_and_failed_chapters():
             "date": "2026-12-07",
             "source": "commit 0123456789",
             "versions": versions,
-            "unit": {"passed": 10, "failed": 1, "skipped": 0, "failures": ["tests/t.py::x"]},
+            "unit": {
+                "passed": 10,
+                "failed": 1,
+                "skipped": 0,
+                "failures": ["tests/t.py::x"],
+                "seconds": 300,
+            },
             "chapters": {
                 "chapters": {
                     "01_a": {"cells_failed": 0, "cells_passed": 5, "failures": []},
                     "02_b": {"cells_failed": 1, "cells_passed": 4, "failures": ["02_b::Cell 3"]},
-                }
+                },
+                "seconds": 600,
             },
             "seconds": 600,
         }
@@ -73,4 +80,4 @@ def test_report_names_versions_counts_and_failed_chapters():
     row = "| floor | 2026-12-07 | commit 0123456789 | 3.10.13 | 2.2.2 | 0.17.2 | 1.24.4 | 3.7.5 |"
     assert row in text
     assert "10 passed, 1 failed" in text and "1 of 2 pass (failed: 02_b)" in text
-    assert "`tests/t.py::x`" in text and "`02_b::Cell 3`" in text and "10 min" in text
+    assert "`tests/t.py::x`" in text and "`02_b::Cell 3`" in text and "| 5 + 10 min |" in text

@@ -286,7 +286,7 @@ def render_markdown(data: dict) -> str:
     """The Compatibility page's table, from ``compat.json``."""
     lines = [
         "| runtime | date | tested | Python | torch | torchvision | numpy | matplotlib "
-        "| unit tests | chapters (nbval lax) | time |",
+        "| unit tests | chapters (nbval lax) | time: tests + chapters |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     notes = []
@@ -306,7 +306,8 @@ def render_markdown(data: dict) -> str:
         if chapters:
             chapter_text = f"{len(chapters) - len(failed)} of {len(chapters)} pass"
             chapter_text += f" (failed: {', '.join(failed)})" if failed else ""
-        minutes = round(r.get("seconds", 0) / 60)
+        parts = [(unit or {}).get("seconds"), r.get("chapters", {}).get("seconds")]
+        minutes = " + ".join(f"{round(p / 60)}" for p in parts if p is not None) or "0"
         lines.append(
             f"| {name} | {r['date']} | {r.get('source', '')} | {v['python']} | {v['torch']} "
             f"| {v['torchvision']} "
@@ -388,11 +389,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"==> [compat] {name}: chapters (nbval --nbval-lax)")
                 result["chapters"] = run_chapters(python, tree, reports, log, env)
                 ok &= all(c["cells_failed"] == 0 for c in result["chapters"]["chapters"].values())
-                installed = versions(python)["detlib"] or "nowhere"
-                if not installed.startswith(str(base / name / "venv")):
+                installed = os.path.realpath(versions(python)["detlib"] or "/nowhere")
+                if not installed.startswith(os.path.realpath(base / name / "venv")):
                     print(f"    detlib was not installed by the bootstrap cell ({installed})")
                     ok = False
-                result["detlib_installed_by_bootstrap"] = installed.startswith(str(base / name))
+                result["detlib_installed_by_bootstrap"] = installed.startswith(
+                    os.path.realpath(base / name / "venv")
+                )
         result["seconds"] = round(time.monotonic() - start)
         data[name] = result
         args.results.parent.mkdir(parents=True, exist_ok=True)
