@@ -87,8 +87,8 @@ def init_distributed(backend: str | None = None) -> DistributedContext:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if backend == "nccl":
         device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        torch.cuda.set_device(device)  # before joining: NCCL binds to the current device
+        dist.init_process_group("nccl")
     else:
         device = torch.device("cpu")
         dist.init_process_group("gloo")
