@@ -17,7 +17,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from detlib._checks import check_boxes, check_image_size, check_positive, check_tensor
+from detlib._checks import (
+    check_boxes,
+    check_floating,
+    check_image_size,
+    check_positive,
+    check_same_device,
+    check_tensor,
+    value_checks_enabled,
+)
 from detlib.boxes import box_iou
 
 __all__ = [
@@ -110,7 +118,10 @@ class AnchorGenerator:
         if (
             not isinstance(strides, Sequence)
             or not strides
-            or not all(isinstance(s, numbers.Integral) and s > 0 for s in strides)
+            or not all(
+                isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0
+                for s in strides
+            )
         ):
             raise ValueError(
                 f"{fn}: strides must be a non-empty sequence of positive ints, got {strides!r}"
@@ -141,6 +152,10 @@ class AnchorGenerator:
         self.offset = float(offset)
         self.order = order
         self.round_base = bool(round_base)
+        # Set by torchvision_compatible(): strides per axis from the image and grid sizes
+        # (image_size // grid_size), and cell anchors rounded from torchvision's own arithmetic.
+        self._torchvision = False
+        self._cache: dict[tuple, Tensor | list[Tensor]] = {}
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -201,10 +216,17 @@ class AnchorGenerator:
     ) -> AnchorGenerator:
         """The anchors of ``torchvision.models.detection.anchor_utils.AnchorGenerator(sizes,
         aspect_ratios)`` for feature maps of the given strides: centres on the cells' top-left
-        corners (offset 0) and cell anchors rounded to whole pixels."""
-        return cls(
+        corners (offset 0) and cell anchors rounded to whole pixels.
+
+        Like torchvision, each level's stride is taken per axis as ``image_size // grid_size``:
+        when the image size is not a multiple of a stride, the grid has
+        ``ceil(image_size / stride)`` cells and the actual stride is smaller (at 800 x 1344 with
+        strides 64 and 128: ``(61, 64)`` and ``(114, 122)`` pixels)."""
+        generator = cls(
             strides=strides, sizes=sizes, aspect_ratios=aspect_ratios, offset=0.0, round_base=True
         )
+        generator._torchvision = True
+        return generator
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -262,16 +284,43 @@ class AnchorGenerator:
         device = torch.device(device) if device is not None else torch.device("cpu")
         return base.to(device=device, dtype=_work_dtype(device))
 
-    def _level_anchors(self, level: int, grid: tuple[int, int], device: torch.device) -> Tensor:
+    def _torchvision_cell_anchors(self, level: int, dtype: torch.dtype) -> Tensor:
+        """The cell anchors as torchvision computes them, in ``dtype`` (float32 or float64, the
+        dtype of its feature maps), rounded: ``Tensor[A, 4]`` (float64).
+
+        A half-size that is a whole number and a half in float64 may be just below or above it
+        in float32 (``90 * sqrt(0.49) / 2``), and then rounds the other way.
+        """
+        sizes = torch.tensor(self.sizes[level], dtype=dtype)
+        h_ratios = torch.sqrt(torch.tensor(self.aspect_ratios[level], dtype=dtype))
+        w_ratios = 1 / h_ratios
+        ws = (w_ratios[:, None] * sizes[None, :]).reshape(-1)
+        hs = (h_ratios[:, None] * sizes[None, :]).reshape(-1)
+        return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round().double()
+
+    def _level_anchors(
+        self,
+        level: int,
+        grid: tuple[int, int],
+        image_size: tuple[int, int],
+        device: torch.device,
+        cell_dtype: torch.dtype,
+    ) -> Tensor:
         """All anchors of one level, ``Tensor[H * W * A, 4]`` in the work dtype."""
         dtype = _work_dtype(device)
-        stride = self.strides[level]
         rows, cols = grid
-        ys = (torch.arange(rows, dtype=dtype, device=device) + self.offset) * stride
-        xs = (torch.arange(cols, dtype=dtype, device=device) + self.offset) * stride
+        stride_y = stride_x = self.strides[level]
+        if self._torchvision:
+            stride_y, stride_x = image_size[0] // rows, image_size[1] // cols
+        ys = (torch.arange(rows, dtype=dtype, device=device) + self.offset) * stride_y
+        xs = (torch.arange(cols, dtype=dtype, device=device) + self.offset) * stride_x
         cy, cx = torch.meshgrid(ys, xs, indexing="ij")  # row-major: x varies fastest
         centres = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)  # [K, 1, 4]
-        cell = self.cell_anchors(level, device).reshape(1, -1, 4)  # [1, A, 4]
+        if self._torchvision:
+            cell = self._torchvision_cell_anchors(level, cell_dtype).to(device, dtype)
+        else:
+            cell = self.cell_anchors(level, device)
+        cell = cell.reshape(1, -1, 4)  # [1, A, 4]
         return (centres + cell).reshape(-1, 4)  # [K * A, 4]: cell by cell, A anchors each
 
     def per_level(
@@ -281,14 +330,35 @@ class AnchorGenerator:
         dtype: torch.dtype = torch.float32,
     ) -> list[Tensor]:
         """Anchors of each level separately: a list of ``Tensor[H_l * W_l * A_l, 4]``."""
-        return [anchors.to(dtype) for anchors in self._levels(image_size, device)]
+        levels = self._levels(image_size, device, dtype)
+        return [anchors.to(dtype, copy=True) for anchors in levels]
 
     def _levels(
-        self, image_size: tuple[int, int], device: torch.device | str | None
+        self, image_size: tuple[int, int], device: torch.device | str | None, dtype: torch.dtype
     ) -> list[Tensor]:
+        """Each level's anchors in the work dtype for a result in ``dtype`` (cached: callers
+        must not modify them)."""
         grids = self.grid_sizes(image_size)
+        image_size = check_image_size("AnchorGenerator", "image_size", image_size)
         device = torch.device(device) if device is not None else torch.device("cpu")
-        return [self._level_anchors(level, grid, device) for level, grid in enumerate(grids)]
+        # Only torchvision's rounding depends on the dtype (it computes in its feature maps').
+        cell_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        return self._cached(
+            ("levels", image_size, device, cell_dtype if self._torchvision else None),
+            lambda: [
+                self._level_anchors(level, grid, image_size, device, cell_dtype)
+                for level, grid in enumerate(grids)
+            ],
+        )
+
+    def _cached(self, key: tuple, compute):
+        """``compute()``, remembered under ``key`` for the last ``_CACHE_SIZE`` keys: a detector
+        asks for the anchors of the same image size at every step."""
+        if key not in self._cache:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))  # the oldest
+            self._cache[key] = compute()
+        return self._cache[key]
 
     def __call__(
         self,
@@ -309,7 +379,11 @@ class AnchorGenerator:
         """
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"AnchorGenerator: dtype must be a floating torch.dtype, got {dtype!r}")
-        return torch.cat(self._levels(image_size, device), dim=0).to(dtype)  # one cast, at the end
+        levels = self._levels(image_size, device, dtype)  # checks image_size
+        device = levels[0].device
+        key = ("all", tuple(image_size), device, dtype)
+        # One cast, at the end; a copy of the cached tensor, which the caller may modify.
+        return self._cached(key, lambda: torch.cat(levels, dim=0).to(dtype)).clone()
 
     def __repr__(self) -> str:
         ratios = self.shapes if self.shapes is not None else self.aspect_ratios[0]
@@ -318,6 +392,10 @@ class AnchorGenerator:
             f"AnchorGenerator(strides={self.strides}, anchors_per_location={self.num_anchors_per_location()}, "
             f"{kind}={ratios}, offset={self.offset}, order={self.order!r}, round_base={self.round_base})"
         )
+
+
+# How many (image size, device, dtype) results an AnchorGenerator remembers.
+_CACHE_SIZE = 8
 
 
 def _work_dtype(device: torch.device) -> torch.dtype:
@@ -410,7 +488,7 @@ def kmeans_anchor_shapes(
     pick = torch.randperm(sizes.shape[0], generator=generator)[:k].to(sizes.device)
     centroids = sizes[pick]
     for _ in range(iterations):
-        assignment = shape_iou(sizes, centroids).argmax(dim=1)
+        assignment = _shape_iou(sizes, centroids).argmax(dim=1)
         updated = torch.stack(
             [
                 _cluster_centre(sizes[assignment == c], update)
@@ -435,11 +513,36 @@ def shape_iou(sizes1: Tensor, sizes2: Tensor) -> Tensor:
     """IoU of boxes given only by (width, height), as if they shared a centre.
 
     Args:
-        sizes1: ``Tensor[N, 2]``; sizes2: ``Tensor[M, 2]``.
+        sizes1: ``Tensor[N, 2]`` of positive, finite (width, height), floating point.
+        sizes2: ``Tensor[M, 2]``, the same, on the same device.
 
     Returns:
         ``Tensor[N, M]``.
     """
+    fn = "shape_iou"
+    _check_sizes(fn, "sizes1", sizes1, "N")
+    _check_sizes(fn, "sizes2", sizes2, "M")
+    check_same_device(fn, sizes1=sizes1, sizes2=sizes2)
+    return _shape_iou(sizes1, sizes2)
+
+
+def _check_sizes(fn: str, name: str, sizes: object, rows: str) -> None:
+    """``sizes``: a floating ``Tensor[rows, 2]`` whose values (when value checks are on) are
+    positive and finite."""
+    check_tensor(fn, name, sizes)
+    if sizes.dim() != 2 or sizes.shape[1] != 2:
+        raise ValueError(f"{fn}: {name} must have shape [{rows}, 2], got {list(sizes.shape)}")
+    check_floating(fn, name, sizes)
+    if value_checks_enabled() and sizes.numel() > 0:
+        if not bool(((sizes > 0) & (sizes < math.inf)).all()):
+            raise ValueError(
+                f"{fn}: {name} must be positive, finite (width, height) pairs; got "
+                f"{int((~((sizes > 0) & (sizes < math.inf))).any(1).sum())} bad row(s)"
+            )
+
+
+def _shape_iou(sizes1: Tensor, sizes2: Tensor) -> Tensor:
+    """:func:`shape_iou` without the checks: ``[N, 2]`` and ``[M, 2]`` -> ``Tensor[N, M]``."""
     inter = torch.minimum(sizes1[:, None, 0], sizes2[:, 0]) * torch.minimum(
         sizes1[:, None, 1], sizes2[:, 1]
     )

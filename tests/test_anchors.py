@@ -237,3 +237,72 @@ def test_bad_call_arguments_raise():
 
 def test_numpy_ints_are_accepted_as_image_size():
     assert AnchorGenerator.retinanet().num_anchors(tuple(np.array([512, 512]))) == 49_104
+
+
+# ----------------------------------------------------------------------------- issue 13
+def _torchvision_anchors_ceil(sizes, aspect_ratios, strides, image, dtype=torch.float32):
+    """torchvision's anchors for feature maps of ceil(image / stride) cells, as a stack of
+    stride-2, padding-1 convolutions produces: torchvision then uses image // grid as the
+    stride, per axis."""
+    generator = TorchvisionAnchorGenerator(sizes, aspect_ratios)
+    height, width = image
+    images = ImageList(torch.zeros(1, 3, height, width, dtype=dtype), [(height, width)])
+    feature_maps = [
+        torch.zeros(1, 1, -(-height // s), -(-width // s), dtype=dtype) for s in strides
+    ]
+    return generator(images, feature_maps)[0]
+
+
+@pytest.mark.parametrize("image", [(800, 1344), (513, 700), (600, 1000), (333, 127)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torchvision_compatible_when_the_image_is_not_a_multiple_of_a_stride(image, dtype):
+    # At 800 x 1344, torchvision's P6 and P7 strides are (61, 64) and (114, 122), not 64, 128.
+    strides = (8, 16, 32, 64, 128)
+    sizes, ratios = RETINANET_TV_SIZES, ((0.5, 1.0, 2.0),) * 5
+    expected = _torchvision_anchors_ceil(sizes, ratios, strides, image, dtype)
+    ours = AnchorGenerator.torchvision_compatible(sizes, ratios, strides)(image, dtype=dtype)
+    assert torch.equal(ours, expected)
+
+
+def test_torchvision_compatible_rounds_half_sizes_as_torchvision():
+    # 90 * sqrt(0.49) / 2 is 31.5 in float32 (rounds to 32) but just below it in float64.
+    expected = _torchvision_anchors(((90,),), ((0.49,),), (32,), (128, 96))
+    assert torch.equal(
+        AnchorGenerator.torchvision_compatible(((90,),), ((0.49,),), (32,))((128, 96)), expected
+    )
+
+
+def test_anchors_are_cached_but_returned_as_copies():
+    generator = AnchorGenerator.retinanet()
+    first = generator((256, 320))
+    first.zero_()
+    again = generator((256, 320))
+    assert torch.equal(again, AnchorGenerator.retinanet()((256, 320)))
+    assert again.abs().sum() > 0
+    assert generator((256, 320), dtype=torch.float64).dtype == torch.float64
+    levels = generator.per_level((256, 320))
+    levels[0].zero_()
+    assert torch.equal(torch.cat(generator.per_level((256, 320))), again)
+
+
+@pytest.mark.parametrize("strides", [[True, 2], [8, False]])
+def test_bool_strides_are_refused(strides):
+    with pytest.raises(ValueError, match="AnchorGenerator: strides must be"):
+        AnchorGenerator(strides, sizes=[32, 64])
+
+
+@pytest.mark.parametrize(
+    "sizes1, sizes2, error, match",
+    [
+        ([[1.0, 2.0]], torch.ones(1, 2), TypeError, "sizes1 must be a torch.Tensor"),
+        (torch.ones(3), torch.ones(1, 2), ValueError, r"sizes1 must have shape \[N, 2\]"),
+        (torch.ones(2, 2), torch.ones(1, 3), ValueError, r"sizes2 must have shape \[M, 2\]"),
+        (torch.ones(2, 2, dtype=torch.int64), torch.ones(1, 2), TypeError, "floating-point"),
+        (torch.tensor([[1.0, math.nan]]), torch.ones(1, 2), ValueError, "sizes1 must be"),
+        (torch.ones(1, 2), torch.tensor([[0.0, 1.0]]), ValueError, "sizes2 must be"),
+        (torch.ones(1, 2), torch.tensor([[-1.0, 1.0]]), ValueError, "sizes2 must be"),
+    ],
+)
+def test_shape_iou_bad_inputs(sizes1, sizes2, error, match):
+    with pytest.raises(error, match=f"^shape_iou: .*{match}"):
+        shape_iou(sizes1, sizes2)
