@@ -80,20 +80,18 @@ def yolo_decode(offsets: Tensor, priors: Tensor, stride: float) -> Tensor:
 
 
 class YoloTargets(NamedTuple):
-    """Where each ground-truth box is learned, and what the prediction there must output.
-
-    Attributes:
-        row, col: ``Tensor[G]`` cell of each box's centre.
-        prior: ``Tensor[G]`` index of the prior whose shape overlaps the box most.
-        offsets: ``Tensor[G, 4]`` of the targets ``(sigmoid(t_x), sigmoid(t_y), t_w, t_h)``: the
-            centre's position inside its cell in ``[0, 1)``, and the log size ratios. (YOLO v3
-            trains the first two through the sigmoid, with a binary cross-entropy.)
-    """
+    """Where each ground-truth box is learned, and what the prediction there must output."""
 
     row: Tensor
+    """``Tensor[G]`` (int64), the row of the cell that holds each box's centre."""
     col: Tensor
+    """``Tensor[G]`` (int64), the column of that cell."""
     prior: Tensor
+    """``Tensor[G]`` (int64), the prior whose shape overlaps the box most."""
     offsets: Tensor
+    """``Tensor[G, 4]``: ``(sigmoid(t_x), sigmoid(t_y), t_w, t_h)``, the centre's position inside its
+    cell in ``[0, 1)`` and the log size ratios (YOLO v3 trains the first two through the sigmoid,
+    with a binary cross-entropy)."""
 
 
 def _match(boxes: Tensor, priors: Tensor, stride: float, grid_size: tuple[int, int]) -> YoloTargets:
