@@ -326,6 +326,19 @@ def test_nothing_above_the_threshold_and_zero_limits():
         (dict(topk_candidates=10.0), TypeError, "topk_candidates must be an int or None"),
         (dict(max_detections=-1), ValueError, "max_detections must be >= 0"),
         (dict(box_coder=TorchvisionBoxCoder((1.0,) * 4)), TypeError, "box_coder must be a detlib"),
+        # issue 13: NaN scores were dropped silently; bools are not ints; sizes are checked
+        (dict(cls_logits=LOGITS.clone().fill_(math.nan)), ValueError, "cls_logits must not .*NaN"),
+        (
+            dict(box_deltas=ZERO_DELTAS.clone().fill_(math.nan)),
+            ValueError,
+            "box_deltas must not contain NaN",
+        ),
+        (dict(topk_candidates=True), TypeError, "topk_candidates must be an int or None"),
+        (dict(max_detections=False), TypeError, "max_detections must be an int or None"),
+        (dict(num_anchors_per_level=[True, 2]), TypeError, "num_anchors_per_level must be a seq"),
+        (dict(image_size=(-10, 10)), ValueError, "image_size must be positive"),
+        (dict(image_size=(math.nan, 10)), TypeError, "image_size must be"),
+        (dict(image_size=(True, 10)), TypeError, "image_size must be"),
     ],
 )
 def test_bad_arguments_are_named(change, error, match):
@@ -335,3 +348,30 @@ def test_bad_arguments_are_named(change, error, match):
     arguments.update(change)
     with pytest.raises(error, match=f"^postprocess_detections: {match}"):
         postprocess_detections(**arguments)
+
+
+@pytest.mark.parametrize("score_threshold", [-1.0, 0.0, 1e-30, 0.05, 0.5, 0.999, 1.0, 2.0])
+def test_only_the_sigmoid_of_possible_candidates_is_computed_and_nothing_is_lost(score_threshold):
+    # The logits are first compared with a bound below logit(score_threshold); the sigmoid is
+    # then taken of those above it only. The result must be that of the full sigmoid.
+    gen = torch.Generator().manual_seed(3)
+    logits = 8 * torch.randn(2, 500, 7, generator=gen)
+    logits[0, :5] = torch.tensor([-math.inf, math.inf, 0.0, -200.0, 200.0])[:, None]
+    scores = torch.sigmoid(logits)
+    expected = (scores > score_threshold).sum().item()
+    found = postprocess_detections(
+        logits,
+        torch.zeros(2, 500, 4),
+        torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(500, 1),
+        (100, 100),
+        score_threshold=score_threshold,
+        topk_candidates=None,
+        nms_threshold=2.0,  # no suppression
+        max_detections=None,
+    )
+    assert sum(len(d.scores) for d in found) == expected
+    for image, detections in enumerate(found):
+        assert torch.equal(
+            detections.scores.sort().values,
+            scores[image][scores[image] > score_threshold].sort().values,
+        )
