@@ -734,7 +734,91 @@ def _make_fusion_explorer():
     return FusionExplorer
 
 
+# --------------------------------------------------------------------------- chapter 8: PR curve
+def pr_at_threshold(
+    scores: Sequence[float], hits: Sequence[bool], num_gt: int, score_threshold: float
+) -> dict[str, float | int | None]:
+    """AP (:func:`detlib.voc_average_precision`) of one class's ranked detections, and the number
+    kept, precision and recall at ``score >= score_threshold`` (precision ``None`` if none)."""
+    import numpy as np
+
+    from detlib import voc_average_precision
+    from detlib.exercises import precision_recall
+
+    scores = np.asarray(scores, dtype=np.float64)
+    precision, recall = precision_recall(scores, np.asarray(hits, dtype=bool), num_gt)
+    kept = int((scores >= score_threshold).sum())
+    return {
+        "ap": voc_average_precision(recall, precision),
+        "kept": kept,
+        "precision": float(precision[kept - 1]) if kept else None,
+        "recall": float(recall[kept - 1]) if kept else 0.0,
+    }
+
+
+def describe_pr(name: str, result: dict, score_threshold: float) -> str:
+    """The sentence the precision-recall explorer shows (its JavaScript's ``describe``)."""
+    head = (
+        f"{name}: AP {fixed(result['ap'], 3)}; score >= {fixed(score_threshold, 2)}: "
+        f"{result['kept']} detections"
+    )
+    if result["precision"] is None:
+        return f"{head}, recall 0.000"
+    return f"{head}, precision {fixed(result['precision'], 3)}, recall {fixed(result['recall'], 3)}"
+
+
+def _make_pr_explorer():
+    import traitlets
+
+    class PRExplorer(_anywidget_base()):
+        """Precision and recall of ranked detections against a score threshold, per class.
+
+        Built from ``{class name: (scores [D], hits [D], num_gt)}``, e.g. the capstone's
+        ``rank_detections`` per class. The browser draws the precision-recall curve and its
+        envelope, and reports the AP and the precision and recall at the threshold;
+        :meth:`result` and :meth:`describe` give detlib's numbers.
+        """
+
+        _esm = _STATIC / "pr_explorer.js"
+        _css = _STATIC / "explorers.css"
+        classes = traitlets.List().tag(sync=True)
+        scores = traitlets.List().tag(sync=True)
+        hits = traitlets.List().tag(sync=True)
+        num_gt = traitlets.List().tag(sync=True)
+        class_index = traitlets.Int(0).tag(sync=True)
+        score_threshold = traitlets.Float(0.5).tag(sync=True)
+
+        def __init__(self, curves: dict, **settings):
+            super().__init__(**settings)
+            if not curves:
+                raise ValueError("PRExplorer: curves must name at least one class")
+            for name, (scores, hits, num_gt) in curves.items():
+                if len(scores) != len(hits) or int(num_gt) < 1:
+                    raise ValueError(
+                        f"PRExplorer: class {name!r} needs as many hits as scores and num_gt >= 1, "
+                        f"got {len(scores)} scores, {len(hits)} hits, num_gt {num_gt}"
+                    )
+            self.classes = [str(name) for name in curves]
+            self.scores = [[round(float(s), 6) for s in v[0]] for v in curves.values()]
+            self.hits = [[bool(h) for h in v[1]] for v in curves.values()]
+            self.num_gt = [int(v[2]) for v in curves.values()]
+
+        def result(self) -> dict:
+            """detlib's AP and the precision and recall at the threshold, for the chosen class."""
+            k = self.class_index
+            return pr_at_threshold(
+                self.scores[k], self.hits[k], self.num_gt[k], self.score_threshold
+            )
+
+        def describe(self) -> str:
+            """The sentence the browser shows, computed by detlib in the kernel."""
+            return describe_pr(self.classes[self.class_index], self.result(), self.score_threshold)
+
+    return PRExplorer
+
+
 _FACTORIES = {
+    "PRExplorer": _make_pr_explorer,
     "FusionExplorer": _make_fusion_explorer,
     "RoIExplorer": _make_roi_explorer,
     "FocalLossExplorer": _make_focal_explorer,

@@ -424,3 +424,69 @@ def test_fusion_explorer_state_round_trips():
     explorer.kind = "softmax"
     assert explorer.get_state()["kind"] == "softmax"
     assert explorer.describe().startswith("softmax fusion: weights 0.84")
+
+
+# --------------------------------------------------------------------------- PR curve (chapter 8)
+PR_BODY = (
+    "const out = input.map((c) => {\n"
+    "  const curve = m.precisionRecall(c.scores, c.hits, c.num_gt);\n"
+    "  const { ap } = m.averagePrecision(curve.recall, curve.precision);\n"
+    "  const at = m.atThreshold(c.scores, curve, c.threshold);\n"
+    "  return { precision: curve.precision, recall: curve.recall, ap, at,\n"
+    "           text: m.describe('c', ap, at, c.threshold) };\n"
+    "});\n"
+    "process.stdout.write(JSON.stringify(out));"
+)
+
+
+def test_browser_precision_recall_and_ap_equal_detlib(tmp_path):
+    import numpy as np
+
+    from detlib.exercises import precision_recall
+    from detlib.explorers import describe_pr, pr_at_threshold
+
+    rng = np.random.default_rng(7)
+    cases = []
+    for k in range(20):
+        n = int(rng.integers(1, 80))
+        scores = np.round(rng.random(n), 2 if k % 2 else 6)  # 2 decimals: many ties
+        hits = rng.random(n) < rng.uniform(0.2, 0.95)
+        cases.append(
+            dict(
+                scores=scores.tolist(),
+                hits=hits.tolist(),
+                num_gt=int(hits.sum()) + int(rng.integers(1, 5)),
+                threshold=round(float(rng.choice(np.arange(0, 1, 0.05))), 2),
+            )
+        )
+    cases.append(dict(scores=[], hits=[], num_gt=3, threshold=0.5))
+    results = run_node(tmp_path, "pr_explorer", PR_BODY, cases)
+    for case, result in zip(cases, results):
+        precision, recall = precision_recall(
+            np.array(case["scores"]), np.array(case["hits"], dtype=bool), case["num_gt"]
+        )
+        assert result["precision"] == precision.tolist() and result["recall"] == recall.tolist()
+        expected = pr_at_threshold(case["scores"], case["hits"], case["num_gt"], case["threshold"])
+        assert result["ap"] == pytest.approx(
+            expected["ap"], rel=1e-12, abs=1e-15
+        )  # numpy sums pairwise
+        assert (
+            result["at"]["kept"] == expected["kept"]
+            and result["at"]["precision"] == expected["precision"]
+        )
+        assert result["text"] == describe_pr("c", expected, case["threshold"])
+
+
+def test_pr_explorer_state_and_checks():
+    from detlib.explorers import PRExplorer
+
+    explorer = PRExplorer(
+        {"circle": ([0.9, 0.8, 0.3], [True, False, True], 2)}, score_threshold=0.5
+    )
+    assert (
+        explorer.describe()
+        == "circle: AP 0.833; score >= 0.50: 2 detections, precision 0.500, recall 0.500"
+    )
+    assert explorer.get_state()["classes"] == ["circle"]
+    with pytest.raises(ValueError, match="as many hits as scores"):
+        PRExplorer({"circle": ([0.9], [True, False], 2)})

@@ -113,6 +113,16 @@ EXPLORERS = [
         ".detlib-fusion-report",
         "svg.detlib-fusion-plot",
     ),
+    Explorer(
+        "PRExplorer",
+        "pr_explorer",
+        "chapters/08_capstone.html",
+        "detlib-pr-explorer",
+        'input[name="score_threshold"]',
+        "0.9",
+        ".detlib-pr-report",
+        "svg.detlib-pr-plot",
+    ),
 ]
 
 
@@ -162,10 +172,22 @@ def _move_and_check(page, explorer: Explorer, root, screenshot: str) -> None:
     root.screenshot(path=str(SCREENSHOTS / screenshot))
 
 
+def _pr_curves() -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    scores = np.sort(rng.random(60))[::-1]
+    hits = rng.random(60) < 0.2 + 0.75 * scores  # higher scores are right more often
+    return {"circle": (scores, hits, int(hits.sum()) + 3), "square": (scores, ~hits, 40)}
+
+
+_HARNESS_ARGUMENTS = {"PRExplorer": {"curves": _pr_curves()}}
+
+
 def _harness(tmp_path: Path, explorer: Explorer) -> Path:
     import detlib.explorers as explorers
 
-    widget = getattr(explorers, explorer.name)()
+    widget = getattr(explorers, explorer.name)(**_HARNESS_ARGUMENTS.get(explorer.name, {}))
     state = {k: v for k, v in widget.get_state().items() if not k.startswith("_")}
     (tmp_path / f"{explorer.module}.js").write_text((STATIC / f"{explorer.module}.js").read_text())
     (tmp_path / "explorers.css").write_text((STATIC / "explorers.css").read_text())
