@@ -9,11 +9,7 @@ Screenshots of every page land in _build/screenshots/.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
-import socketserver
-import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -51,35 +47,6 @@ def _chapter_titles() -> list[str]:
         first = nbformat.read(path, as_version=4).cells[0].source
         titles.append(first.splitlines()[0].lstrip("# ").strip())
     return titles
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # keep pytest's output readable
-        pass
-
-
-@pytest.fixture(scope="session")
-def server():
-    if not (HTML / "index.html").exists():
-        pytest.fail("the book is not built: run `make test-book` (or `make book`) first")
-    handler = functools.partial(_QuietHandler, directory=str(HTML))
-    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as httpd:
-        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-        thread.start()
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-        httpd.shutdown()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium, or set CHROMIUM"
-        )
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 class PageReport:
@@ -154,6 +121,8 @@ def test_anchor_explorer_redraws_when_a_slider_moves(browser, server):
     page, report = _open(browser, server, "chapters/01_anchors.html")
     try:
         explorer = page.locator(".detlib-anchor-explorer")
+        # The widget manager renders after the page's load event; on a busy machine, late.
+        page.wait_for_selector(".detlib-anchor-explorer", timeout=20000)
         assert explorer.count() == 1, "the anchor explorer did not render in the static page"
         explorer.scroll_into_view_if_needed()
         report_text = explorer.locator(".detlib-ae-report")
