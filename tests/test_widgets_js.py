@@ -128,3 +128,57 @@ def test_explorer_widget_state_round_trips():
     state = explorer.get_state()
     assert state["image_size"] == 256 and state["ratios"] == [0.5, 1.0]
     assert "export default" in explorer._esm
+
+
+def _node_eval(tmp_path, body: str):
+    """Run ``body`` (which prints JSON) with the explorer's module imported as ``ae``."""
+    (tmp_path / "anchor_explorer.mjs").write_text((_STATIC / "anchor_explorer.js").read_text())
+    script = tmp_path / "eval.mjs"
+    script.write_text(f"import * as ae from './anchor_explorer.mjs';\n{body}\n")
+    result = subprocess.run(
+        [NODE, str(script)], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    return json.loads(result.stdout)
+
+
+def test_reset_returns_to_the_python_defaults(tmp_path):
+    from detlib.widgets import AnchorExplorer
+
+    defaults = _node_eval(tmp_path, "process.stdout.write(JSON.stringify(ae.DEFAULTS));")
+    explorer = AnchorExplorer()
+    for name, value in defaults.items():
+        assert getattr(explorer, name) == value, name
+
+
+def test_level_bounds_cannot_cross(tmp_path):
+    cases = [
+        (name, v, lo, hi)
+        for name in ("level_low", "level_high")
+        for v in range(2, 8)
+        for lo in range(2, 8)
+        for hi in range(lo, 8)
+    ]
+    results = _node_eval(
+        tmp_path,
+        f"const cases = {json.dumps(cases)};\n"
+        "process.stdout.write(JSON.stringify(cases.map(([n, v, lo, hi]) => "
+        "ae.clampLevel(n, v, lo, hi))));",
+    )
+    for (name, value, low, high), result in zip(cases, results):
+        new_low, new_high = (result, high) if name == "level_low" else (low, result)
+        assert new_low <= new_high, (name, value, low, high, result)
+        if (name == "level_low" and value <= high) or (name == "level_high" and value >= low):
+            assert result == value  # a move that does not cross is kept as it is
+
+
+def test_legend_styles_tell_ratios_and_scales_apart(tmp_path):
+    styles = _node_eval(
+        tmp_path,
+        "process.stdout.write(JSON.stringify(ae.RATIO_CHOICES.map((r) => "
+        "[0, 1, 2, 3].map((k) => ae.anchorStyle(r, k)))));",
+    )
+    colours = [row[0]["colour"] for row in styles]
+    assert len(set(colours)) == len(colours), "two ratios share a colour"
+    for row in styles:
+        assert len({s["colour"] for s in row}) == 1, "a ratio's scales change colour"
+        assert len({s["dash"] for s in row}) == 4, "two scales share a dash"

@@ -5,6 +5,17 @@
 // the C library's pow in the last bit.
 
 export const RATIO_CHOICES = [0.25, 1 / 3, 0.5, 1, 2, 3, 4];
+/** The settings the explorer opens with and returns to on "Reset" (AnchorExplorer's defaults). */
+export const DEFAULTS = {
+  size_factor: 4, level_low: 3, level_high: 7, shown_level: 5,
+  ratios: [0.5, 1, 2], scales_per_octave: 3, image_size: 512,
+};
+export const THRESHOLD = 0.5;
+/** One colour per aspect ratio (the ratio's place in RATIO_CHOICES), one dash per octave scale. */
+export const RATIO_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+export const SCALE_DASHES = ["", "6 3", "2 2", "8 3 2 3"];
+const COVERED = "#1a9850";
+const MISSED = "#d73027";
 const SVG = "http://www.w3.org/2000/svg";
 
 // ------------------------------------------------------------------ anchor arithmetic
@@ -108,6 +119,19 @@ export function coverage(boxes, levels, imageSize, threshold = 0.5) {
   return { best, coverage: boxes.length ? covered / boxes.length : 0, meanBestIoU: mean };
 }
 
+/** A level bound moved to `value`, kept on its side of the other bound: low <= high always. */
+export function clampLevel(name, value, low, high) {
+  if (name === "level_low") return Math.min(value, high);
+  if (name === "level_high") return Math.max(value, low);
+  return value;
+}
+
+/** Colour and dash of the anchor with the given ratio and octave-scale index (for the legend). */
+export function anchorStyle(ratio, scaleIndex) {
+  const k = RATIO_CHOICES.findIndex((r) => Math.abs(r - ratio) < 1e-9);
+  return { colour: RATIO_COLOURS[k < 0 ? 0 : k], dash: SCALE_DASHES[scaleIndex % SCALE_DASHES.length] };
+}
+
 /** The same sentence as detlib.widgets.CoverageSummary.describe(). */
 export function describe(counts, cov, threshold = 0.5) {
   const total = counts.reduce((a, b) => a + b, 0);
@@ -126,7 +150,7 @@ function svgElement(name, attributes) {
   return element;
 }
 
-function drawScene(svg, model, levels, boxes) {
+function drawScene(svg, model, levels, boxes, best) {
   const imageSize = model.get("image_size");
   const margin = imageSize * 0.12;
   svg.setAttribute("viewBox", `${-margin} ${-margin} ${imageSize + 2 * margin} ${imageSize + 2 * margin}`);
@@ -142,20 +166,54 @@ function drawScene(svg, model, levels, boxes) {
   }
   svg.append(grid);
   svg.append(svgElement("rect", { x: 0, y: 0, width: imageSize, height: imageSize, fill: "none", stroke: "black", "stroke-width": 2 * stroke }));
-  const grey = svgElement("g", { fill: "none", stroke: "#9a9a9a", "stroke-width": stroke, class: "boxes" });
-  for (const [x1, y1, x2, y2] of boxes.slice(0, 40)) {
-    grey.append(svgElement("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1 }));
-  }
-  svg.append(grey);
+  // The first 40 sample boxes: green when an anchor reaches IoU >= 0.5, red and dashed when none does.
+  const sample = svgElement("g", { fill: "none", "stroke-width": 1.5 * stroke, class: "boxes" });
+  boxes.slice(0, 40).forEach(([x1, y1, x2, y2], k) => {
+    const covered = best[k] >= THRESHOLD;
+    sample.append(svgElement("rect", {
+      x: x1, y: y1, width: x2 - x1, height: y2 - y1, class: covered ? "covered" : "missed",
+      stroke: covered ? COVERED : MISSED, "stroke-dasharray": covered ? "" : `${4 * stroke} ${3 * stroke}`,
+    }));
+  });
+  svg.append(sample);
   const centre = (Math.floor(n / 2) + 0.5) * shown.stride;
-  const colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
   const anchors = svgElement("g", { fill: "none", "stroke-width": 2.5 * stroke, class: "anchors" });
   cellAnchors(shown.sizes, shown.ratios).forEach(([x1, y1, x2, y2], k) => {
-    anchors.append(svgElement("rect", { x: centre + x1, y: centre + y1, width: x2 - x1, height: y2 - y1, stroke: colours[k % colours.length] }));
+    // cellAnchors is ratio-major: anchor k has ratio k / #sizes and scale k % #sizes.
+    const ratio = shown.ratios[Math.floor(k / shown.sizes.length)];
+    const style = anchorStyle(ratio, k % shown.sizes.length);
+    anchors.append(svgElement("rect", {
+      x: centre + x1, y: centre + y1, width: x2 - x1, height: y2 - y1, stroke: style.colour,
+      "stroke-dasharray": style.dash.split(" ").filter(Boolean).map((d) => d * stroke).join(" "),
+      "data-ratio": ratio, "data-scale": k % shown.sizes.length,
+    }));
   });
   svg.append(anchors);
   svg.append(svgElement("circle", { cx: centre, cy: centre, r: 3 * stroke, fill: "#d62728" }));
   return shown;
+}
+
+/** The legend: a colour per ratio, a dash per octave scale, and the sample boxes' two colours. */
+function drawLegend(legend, model) {
+  legend.replaceChildren();
+  const n = model.get("scales_per_octave");
+  const scales = model.get("scale_table")[String(n)] || [];
+  const item = (label, stroke, dash, cls) => {
+    const entry = document.createElement("span");
+    entry.className = `detlib-ae-legend-item ${cls}`;
+    const swatch = svgElement("svg", { width: 28, height: 12, "aria-hidden": "true" });
+    swatch.append(svgElement("line", { x1: 1, y1: 6, x2: 27, y2: 6, stroke, "stroke-width": 2.5, "stroke-dasharray": dash }));
+    entry.append(swatch, document.createTextNode(label));
+    return entry;
+  };
+  const row = (title, items) => {
+    const line = document.createElement("div");
+    line.append(Object.assign(document.createElement("span"), { className: "detlib-ae-legend-title", textContent: title }), ...items);
+    legend.append(line);
+  };
+  row("ratio h/w (colour):", model.get("ratios").map((r) => item(`${Number(r.toPrecision(3))}`, anchorStyle(r, 0).colour, "", "ratio")));
+  row("scale (line):", scales.map((s, k) => item(`×${s.toFixed(2)} (2^${k}/${n})`, "#444", SCALE_DASHES[k % SCALE_DASHES.length], "scale")));
+  row("sample boxes:", [item(`covered (best IoU ≥ ${THRESHOLD})`, COVERED, "", "covered"), item("missed", MISSED, "4 3", "missed")]);
 }
 
 // ------------------------------------------------------------------ controls
@@ -198,9 +256,8 @@ function render({ model, el }) {
 
   const sliders = {};
   const update = (name, value) => {
-    setAndSync(model, name, value);
-    if (name === "level_low" && value > model.get("level_high")) setAndSync(model, "level_high", value);
-    if (name === "level_high" && value < model.get("level_low")) setAndSync(model, "level_low", value);
+    // The two bounds cannot cross: a bound dragged past the other stops at it.
+    setAndSync(model, name, clampLevel(name, value, model.get("level_low"), model.get("level_high")));
     redraw();
   };
   for (const [label, name, min, max, step] of [
@@ -222,13 +279,32 @@ function render({ model, el }) {
     box.checked = model.get("ratios").some((r) => Math.abs(r - ratio) < 1e-9);
     box.addEventListener("change", () => {
       const chosen = RATIO_CHOICES.filter((r, k) => ratioRow.querySelectorAll("input")[k].checked);
+      if (chosen.length === 0) {
+        box.checked = true; // the last ratio stays: a pyramid needs at least one
+        note.textContent = "At least one ratio is needed.";
+        return;
+      }
+      note.textContent = "";
       update("ratios", chosen);
     });
     const label = document.createElement("label");
     label.append(box, ` ${Number(ratio.toPrecision(3))}`);
     ratioRow.append(label);
   }
+  const note = Object.assign(document.createElement("span"), { className: "detlib-ae-note" });
+  ratioRow.append(note);
   controls.append(ratioRow);
+  const reset = Object.assign(document.createElement("button"), {
+    type: "button", className: "detlib-ae-reset", textContent: "Reset",
+    title: "Back to RetinaNet's pyramid on a 512-pixel image",
+  });
+  reset.addEventListener("click", () => {
+    for (const [name, value] of Object.entries(DEFAULTS)) setAndSync(model, name, Array.isArray(value) ? [...value] : value);
+    note.textContent = "";
+    redraw();
+  });
+  controls.append(reset);
+  const legend = Object.assign(document.createElement("div"), { className: "detlib-ae-legend" });
 
   function redraw() {
     for (const [name, s] of Object.entries(sliders)) {
@@ -237,14 +313,27 @@ function render({ model, el }) {
     }
     const low = model.get("level_low");
     const high = model.get("level_high");
+    sliders.level_low.input.max = high; // the bounds cannot cross
+    sliders.level_high.input.min = low;
+    sliders.level_low.input.value = low;
+    sliders.level_high.input.value = high;
+    ratioRow.querySelectorAll("input").forEach((box, k) => {
+      box.checked = model.get("ratios").some((r) => Math.abs(r - RATIO_CHOICES[k]) < 1e-9);
+    });
     const shownLevel = Math.min(Math.max(model.get("shown_level"), low), high);
     if (shownLevel !== model.get("shown_level")) setAndSync(model, "shown_level", shownLevel);
     sliders.shown_level.input.min = low;
     sliders.shown_level.input.max = high;
     sliders.shown_level.input.value = shownLevel;
     sliders.shown_level.value.textContent = shownLevel;
-    if (model.get("ratios").length === 0) {
-      report.textContent = "Select at least one ratio.";
+    if (model.get("ratios").length === 0 || low > high) {
+      // Only a kernel can get here (the controls forbid both): draw nothing and say why.
+      report.textContent = low > high
+        ? `No anchors: the lowest level (${low}) is above the highest (${high}).`
+        : "No anchors: no aspect ratio is selected.";
+      title.textContent = "";
+      svg.replaceChildren();
+      legend.replaceChildren();
       return;
     }
     const imageSize = model.get("image_size");
@@ -258,12 +347,13 @@ function render({ model, el }) {
     const boxes = scaleBoxes(model.get("boxes"), imageSize);
     const cov = coverage(boxes, levels, imageSize);
     report.textContent = describe(countAnchors(levels, imageSize), cov);
-    const shown = drawScene(svg, model, levels, boxes);
+    const shown = drawScene(svg, model, levels, boxes, cov.best);
+    drawLegend(legend, model);
     const perCell = shown.sizes.length * shown.ratios.length;
     title.textContent = `P${shown.level}: stride ${shown.stride}, ${perCell} anchors per cell (centre cell drawn)`;
   }
 
-  root.append(controls, report, title, svg);
+  root.append(controls, report, title, svg, legend);
   el.append(root);
   redraw();
   const external = () => redraw();
