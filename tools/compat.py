@@ -255,7 +255,9 @@ def run_tests(python: Path, tree: Path, reports: Path, log, env: dict) -> dict:
     ]
     cmd += [f"--junitxml={report}"]
     start = time.monotonic()
-    _run(cmd, log, cwd=tree, env=env)
+    # Scripts the tests launch (examples/train_ddp.py under torchrun) import the copy's detlib too;
+    # tests/test_colab.py removes PYTHONPATH for its fresh runtime.
+    _run(cmd, log, cwd=tree, env={**env, "PYTHONPATH": str(tree)})
     counts = _junit_counts(report)
     return {**counts, "seconds": round(time.monotonic() - start), "failures": _failed_names(report)}
 
