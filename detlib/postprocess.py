@@ -249,10 +249,11 @@ def _top_candidates(
     each level by decreasing score (equal scores by increasing index): ``M`` candidates, grouped
     by image, then level."""
     batch, _, num_classes = cls_logits.shape
+    scores = torch.sigmoid(cls_logits)
     values, anchors, labels = [], [], []
     start = 0
     for count in levels:
-        flat = cls_logits[:, start : start + count].reshape(batch, count * num_classes)
+        flat = scores[:, start : start + count].reshape(batch, count * num_classes)
         level_values, positions = _above_threshold(flat, score_threshold)
         level_values, order = _top_k(level_values, level_values.shape[1] if k is None else k)
         positions = positions.gather(1, order)
@@ -265,42 +266,25 @@ def _top_candidates(
     return _Candidates(image, anchors[image, column], labels[image, column], values[image, column])
 
 
-def _logit_below(threshold: float) -> float:
-    """A logit ``b`` such that every logit ``x`` whose sigmoid (rounded to float16 or wider) is
-    above ``threshold`` has ``x > b``: the exact logit of the threshold, less a wide margin for
-    the rounding of the sigmoid. The sigmoid is then computed only for the logits above ``b``."""
-    if threshold <= 0:
-        return -math.inf
-    if threshold >= 1:
-        return math.inf  # a sigmoid is never above 1
-    logit = math.log(threshold) - math.log1p(-threshold)
-    return logit - 0.01 * max(1.0, abs(logit))
+def _above_threshold(scores: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """The scores above ``threshold`` of each row of ``scores`` (``[B, P]``), packed to the left:
+    values ``[B, W]`` (``-inf`` after the last one of a row) and their positions in the row
+    (increasing), with ``W`` the largest count of a row.
 
-
-def _above_threshold(logits: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
-    """The scores (sigmoids of ``logits``, ``[B, P]``) above ``threshold`` of each row, packed to
-    the left: values ``[B, W]`` (``-inf`` after the last one of a row) and their positions in the
-    row (increasing), with ``W`` the largest count of a row.
-
-    The sigmoid is computed only for the logits that can pass (see :func:`_logit_below`). When
-    few scores pass, as with a trained head, the top-k then sorts ``W << P`` numbers per row;
+    When few scores pass, as with a trained head, the top-k then sorts ``W << P`` numbers per row;
     when most pass, packing would cost more than it saves, and the rows are only masked.
     """
-    maybe = logits > _logit_below(threshold)  # NaN is never above
-    if 2 * int(maybe.sum(1, dtype=torch.int32).max()) > logits.shape[1]:  # most pass: mask
-        scores = torch.sigmoid(logits)
+    above = scores > threshold  # NaN is never above
+    per_row = above.sum(1, dtype=torch.int32)  # (much faster than the default int64 sum)
+    width = int(per_row.max()) if scores.numel() > 0 else 0
+    if 2 * width > scores.shape[1]:  # most pass: mask instead of packing
         positions = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
-        return scores.masked_fill(scores <= threshold, -math.inf), positions
-    rows, columns = maybe.nonzero(as_tuple=True)  # row-major, columns increasing in a row
-    scores = torch.sigmoid(logits[rows, columns])
-    sure = (scores > threshold).nonzero().squeeze(1)
-    rows, columns, scores = rows[sure], columns[sure], scores[sure]
-    per_row = torch.bincount(rows, minlength=logits.shape[0])
-    width = int(per_row.max())
+        return scores.masked_fill(~above, -math.inf), positions
+    rows, columns = above.nonzero(as_tuple=True)  # row-major, columns increasing in a row
     slot = torch.arange(len(rows), device=rows.device) - (torch.cumsum(per_row, 0) - per_row)[rows]
-    packed = scores.new_full((logits.shape[0], width), -math.inf)
-    packed[rows, slot] = scores
-    positions = torch.zeros(packed.shape, dtype=torch.int64, device=logits.device)
+    packed = scores.new_full((scores.shape[0], width), -math.inf)
+    packed[rows, slot] = scores[rows, columns]
+    positions = torch.zeros(packed.shape, dtype=torch.int64, device=scores.device)
     positions[rows, slot] = columns
     return packed, positions
 
