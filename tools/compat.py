@@ -355,6 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     wheels.mkdir(parents=True, exist_ok=True)
     floors = declared_floors()
     print(f"==> [compat] declared floors (pyproject.toml): {floors}")
+    rev = None
+    if not args.worktree:  # one commit for every runtime, even if HEAD moves during the run
+        rev = subprocess.run(
+            ["git", "rev-parse", "--verify", f"{args.rev}^{{commit}}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     data = json.loads(args.results.read_text()) if args.results.exists() else {}
     ok = True
     for name in args.runtime or ["floor", "newest"]:
@@ -372,12 +381,12 @@ def main(argv: list[str] | None = None) -> int:
             for fresh in (tree, reports):
                 shutil.rmtree(fresh, ignore_errors=True)
                 fresh.mkdir(parents=True)
-            source = export_tree(tree, None if args.worktree else args.rev)
+            source = export_tree(tree, rev)
             # The bootstrap cell's pip: from the copy, offline (all else is in the wheel cache).
             env = {**_pip_env(wheels), "PIP_NO_INDEX": "1", "DETLIB_SOURCE": str(tree)}
             env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
             result = {
-                "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
                 "versions": {k: v for k, v in found.items() if k != "detlib"},
                 "source": source,
             }
