@@ -7,9 +7,18 @@ visible ones in the page, so the theme's script, which wires the first ``.primar
 ``.secondary-toggle`` it finds, wires the hidden copies and the visible ☰ does nothing. Setting
 ``navbar_persistent`` to an empty list keeps the header empty, as sphinx-book-theme intends.
 tests/browser/test_phone.py checks the result.
+
+Search: Sphinx lists a page once for its title and once more for its top section ("4. Focal
+loss" and "4. Focal loss > Focal loss"), because the page title carries the chapter number and
+the section title does not. The section entry that repeats the page's own title is dropped from
+the search index.
 """
 
 from __future__ import annotations
+
+import re
+
+_NUMBER = re.compile(r"^\d+(\.\d+)*\.?\s+")
 
 
 def _empty_header(app, config):
@@ -18,6 +27,26 @@ def _empty_header(app, config):
     config.html_theme_options = options
 
 
+def _plain(title: str) -> str:
+    return _NUMBER.sub("", title).strip()
+
+
+def _drop_repeated_titles(app):
+    """Before the search index is written: forget section titles equal to their page's title."""
+    indexer = getattr(app.builder, "indexer", None)
+    all_titles = getattr(indexer, "_all_titles", None)
+    if not all_titles:
+        return []
+    for docname, titles in all_titles.items():
+        page = app.env.titles.get(docname)
+        if page is None:
+            continue
+        page_title = _plain(page.astext())
+        titles[:] = [(t, anchor) for t, anchor in titles if _plain(t) != page_title]
+    return []
+
+
 def setup(app):
     app.connect("config-inited", _empty_header)
+    app.connect("html-collect-pages", _drop_repeated_titles)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

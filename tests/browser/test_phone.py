@@ -140,3 +140,16 @@ def test_code_and_outputs_wrap_at_1280(browser, server, path):
         assert scrolling == 0, f"{scrolling} code/output block(s) scroll sideways at 1280 px"
     finally:
         page.close()
+
+
+def test_search_lists_each_page_once_without_the_set_up(browser, server):
+    page = _open(browser, server, "search.html?q=focal", LAPTOP)
+    try:
+        page.wait_for_selector("#search-results li", timeout=20000)
+        page.wait_for_timeout(1500)  # summaries arrive after the list
+        results = page.locator("#search-results li").all_inner_texts()
+        focal = [r for r in results if r.split("\n")[0].strip().endswith("Focal loss")]
+        assert len(focal) == 1, f"chapter 4 is listed {len(focal)} times: {focal}"
+        assert not any("DETLIB_SOURCE" in r or "Set-up." in r for r in results)
+    finally:
+        page.close()
