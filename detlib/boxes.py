@@ -276,8 +276,9 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     fn = "clip_boxes_to_image"
     if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
         raise TypeError(f"{fn}: size must be (height, width), got {size!r}")
-    height = check_positive(fn, "size[0] (height)", size[0], allow_zero=True)
-    width = check_positive(fn, "size[1] (width)", size[1], allow_zero=True)
+    check_positive(fn, "size[0] (height)", size[0], allow_zero=True)
+    check_positive(fn, "size[1] (width)", size[1], allow_zero=True)
+    height, width = size  # as given: int bounds keep integer boxes integer
     x = boxes[..., 0::2].clamp(min=0, max=width)
     y = boxes[..., 1::2].clamp(min=0, max=height)
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)

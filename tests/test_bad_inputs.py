@@ -403,6 +403,8 @@ def test_clip_keeps_integer_and_float_sizes():
     boxes = torch.tensor([[-3.0, 2, 50, 70]])
     assert detlib.clip_boxes_to_image(boxes, (64, 48)).tolist() == [[0.0, 2.0, 48.0, 64.0]]
     assert detlib.clip_boxes_to_image(boxes, torch.Size((64, 48))).tolist() == [[0, 2, 48, 64]]
+    clipped = detlib.clip_boxes_to_image(torch.tensor([[-3, 2, 50, 70]]), (64, 48))
+    assert clipped.dtype == torch.int64 and clipped.tolist() == [[0, 2, 48, 64]]
 
 
 def test_remove_small_boxes_refuses_nan():
