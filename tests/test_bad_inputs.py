@@ -478,3 +478,15 @@ def test_detector_config_names_itself():
         detlib.DetectorConfig(backbone_widths=(8, 8))
     with pytest.raises(ValueError, match="DetectorConfig: anchor_scale must be a finite number"):
         detlib.DetectorConfig(anchor_scale=float("nan"))
+
+
+def test_label_anchors_refuses_zero_width_boxes_and_names_its_thresholds():
+    anchors = detlib.AnchorGenerator.retinanet()((128, 128))
+    with pytest.raises(
+        ValueError, match=r"label_anchors: gt_boxes\[0\] has 1 box.* zero or negative"
+    ):
+        detlib.label_anchors(anchors, [torch.tensor([[40.0, 40, 40, 60]])])
+    with pytest.raises(
+        ValueError, match="label_anchors: bg_iou_thresh .* must not exceed fg_iou_thresh"
+    ):
+        detlib.label_anchors(anchors, [torch.tensor([[4.0, 4, 40, 60]])], 0.3, 0.7)
