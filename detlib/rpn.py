@@ -479,28 +479,3 @@ def _top_n_per_level(objectness: Tensor, levels: list[int], top_n: int) -> tuple
         level_of.append(torch.full_like(best, level))
         offset += count
     return torch.cat(indices, dim=1), torch.cat(level_of, dim=1)
-
-
-# --------------------------------------------------------------------------------------------
-# Compatibility: the names this module held before the split. DELETE after the chapters are
-# updated (see /work/notes/renames.md); they are not part of __all__.
-# --------------------------------------------------------------------------------------------
-from detlib.roi.multiscale import assign_fpn_levels, multiscale_roi_align  # noqa: E402, F401
-from detlib.sampling import balanced_sample  # noqa: E402
-from detlib.second_stage import (  # noqa: E402, F401
-    FastRCNNHead,
-    RoISamples,
-    fast_rcnn_loss,
-    sample_proposals,
-)
-
-
-def sample_balanced(labels, batch_size_per_image, positive_fraction, generator=None):
-    """Deprecated: :func:`detlib.balanced_sample`. Kept with its old draws (a 1-D ``labels`` is
-    drawn as a batch of one) until the chapters are updated."""
-    if isinstance(labels, Tensor) and labels.dim() == 1:
-        positive, negative = balanced_sample(
-            labels[None], batch_size_per_image, positive_fraction, generator
-        )
-        return positive[0], negative[0]
-    return balanced_sample(labels, batch_size_per_image, positive_fraction, generator)
