@@ -199,6 +199,13 @@ def check_resumable(path: str, saved: dict, current: dict) -> None:
         )
 
 
+def _plain_state(state: dict) -> dict:
+    """A scheduler's state without the functions older PyTorch versions keep in it (OneCycleLR's
+    ``anneal_func`` in torch 2.2, for one): a checkpoint stores data, and the scheduler rebuilds
+    them when it is constructed."""
+    return {key: value for key, value in state.items() if not callable(value)}
+
+
 def save(path_template: str, model, config, optimizer, schedule, step: int, settings: dict):
     """Rank 0's checkpoint, written to a temporary file first so that a crash mid-write never
     leaves a truncated checkpoint behind."""
@@ -211,7 +218,7 @@ def save(path_template: str, model, config, optimizer, schedule, step: int, sett
         config,
         step=step,
         optimizer=optimizer.state_dict(),
-        scheduler=schedule.state_dict(),
+        scheduler=_plain_state(schedule.state_dict()),
         training=settings,
     )
     os.replace(partial, path)
