@@ -9,7 +9,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed-stamp
 CHAPTERS := $(sort $(wildcard chapters/*.ipynb))
 
-.PHONY: setup vendor book test test-unit test-notebooks test-book test-browser test-compat browser-deps bench notebooks sync lint clean
+.PHONY: setup vendor book test test-unit test-notebooks test-portable test-gpu test-book test-browser test-compat browser-deps bench notebooks sync lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@echo "==> [setup] creating $(VENV) (if missing) and installing requirements.txt + detlib (editable)"
@@ -34,13 +34,38 @@ test: setup test-unit test-notebooks test-book test-browser
 
 test-unit: setup
 	@echo "==> [test] lint (ruff), then unit, property, parity and fresh-runtime tests (tests/)"
-	$(BIN)/ruff check detlib tests bench tools book/_ext $(CHAPTERS)
-	$(BIN)/ruff format --check detlib tests bench tools book/_ext $(CHAPTERS)
+	$(BIN)/ruff check detlib tests bench tools book/_ext examples $(CHAPTERS)
+	$(BIN)/ruff format --check detlib tests bench tools book/_ext examples $(CHAPTERS)
 	$(BIN)/pytest tests -q --ignore=tests/browser
 
+# The committed outputs come from a native run (`make notebooks`); `make test` re-runs the chapters
+# under PyTorch's portable CPU kernels on one thread, the configuration furthest from that run.
+NBVAL := $(BIN)/pytest -q -p no:cacheprovider --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+PORTABLE := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
+
 test-notebooks: setup
-	@echo "==> [test] nbval: re-running every chapter and comparing with its committed outputs"
-	$(BIN)/pytest -q --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $(CHAPTERS)
+	@echo "==> [test] nbval: re-running every chapter ($(PORTABLE)) and comparing with its committed outputs"
+	$(PORTABLE) $(NBVAL) $(CHAPTERS)
+
+# The rest of the portability matrix: other CPU kernels and thread counts (one full nbval run each).
+test-portable: setup
+	@for config in "ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=2" "ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=1" \
+	               "ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=2" "OMP_NUM_THREADS=1" "OMP_NUM_THREADS=2"; do \
+	  echo "==> [test-portable] nbval with $$config"; \
+	  env $$config $(NBVAL) $(CHAPTERS) || exit 1; \
+	done
+	@echo "==> [test-portable] every chapter passed nbval in every configuration"
+
+# On a machine with an NVIDIA GPU: the CUDA tests, nbval with the chapters on the GPU, and the
+# benchmarks (bench/results/cuda.json, and the GPU table of the Performance page).
+test-gpu: setup
+	@$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'test-gpu: no CUDA device visible to PyTorch')"
+	@echo "==> [test-gpu] unit tests on CUDA (the CPU ones run too)"
+	$(BIN)/pytest tests -q --ignore=tests/browser
+	@echo "==> [test-gpu] nbval: every chapter on the GPU"
+	$(NBVAL) $(CHAPTERS)
+	@echo "==> [test-gpu] benchmarks on the GPU"
+	$(PY) bench/run.py --device cuda
 
 test-book: setup vendor
 	@echo "==> [test] building the book with warnings as errors"
@@ -80,8 +105,8 @@ sync: setup
 	$(PY) tools/sync_notebooks.py $(CHAPTERS)
 
 lint: setup
-	$(BIN)/ruff check detlib tests bench tools book/_ext $(CHAPTERS)
-	$(BIN)/ruff format --check detlib tests bench tools book/_ext $(CHAPTERS)
+	$(BIN)/ruff check detlib tests bench tools book/_ext examples $(CHAPTERS)
+	$(BIN)/ruff format --check detlib tests bench tools book/_ext examples $(CHAPTERS)
 
 # Readable notebook diffs: `git diff` and merges show chapters cell by cell, sources first (nbdime's
 # git drivers, which .gitattributes names for *.ipynb; the venv's path is written into this clone's

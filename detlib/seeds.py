@@ -1,4 +1,5 @@
-"""The seed code bases' algorithms, re-implemented with the same arithmetic (bugs included).
+"""The algorithms of the book's sources (the study notes it grew from; see its introduction),
+re-implemented with the same arithmetic (bugs included).
 
 The book grew from study notes built on yhenon/pytorch-retinanet (RetinaNet), bubbliiiing's
 efficientdet-pytorch (EfficientDet) and a Faster R-CNN walkthrough. The chapters compare detlib
@@ -30,11 +31,11 @@ RETINANET_RATIOS = np.array([0.5, 1.0, 2.0])
 RETINANET_SCALES = np.array([2**0, 2 ** (1.0 / 3.0), 2 ** (2.0 / 3.0)])
 
 
-# --------------------------------------------------------------------------- RetinaNet (seeds 000, 003)
+# --------------------------------------------------------------------------- RetinaNet (sources 000, 003)
 def retinanet_cell_anchors(
     base_size: float, ratios: np.ndarray = RETINANET_RATIOS, scales: np.ndarray = RETINANET_SCALES
 ) -> np.ndarray:
-    """The RetinaNet seed's cell anchors, ``[len(ratios) * len(scales), 4]`` (x1, y1, x2, y2).
+    """The RetinaNet source's cell anchors, ``[len(ratios) * len(scales), 4]`` (x1, y1, x2, y2).
 
     The trick: ``tile`` repeats the whole list of scales once per ratio, ``repeat`` repeats each
     ratio once per scale, so row ``k`` pairs ``ratios[k // S]`` with ``scales[k % S]``. Each row
@@ -69,7 +70,7 @@ def retinanet_shift(grid_shape: tuple[int, int], stride: int, cells: np.ndarray)
 def retinanet_anchors(
     image_size: tuple[int, int], levels: tuple[int, ...] = (3, 4, 5, 6, 7)
 ) -> np.ndarray:
-    """All RetinaNet seed anchors for an image of ``(height, width)``: ``[N, 4]`` float32.
+    """All RetinaNet source anchors for an image of ``(height, width)``: ``[N, 4]`` float32.
 
     Grids are ``ceil(size / 2**l)``; everything is float64 until the final cast. The original
     wraps this in an ``nn.Module`` that builds the anchors in NumPy on every forward pass and then
@@ -84,12 +85,12 @@ def retinanet_anchors(
     return np.concatenate(out).astype(np.float32)
 
 
-# --------------------------------------------------------------------------- EfficientDet (seed 001)
+# --------------------------------------------------------------------------- EfficientDet (source 001)
 EFFICIENTDET_SHAPES = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
 
 
 def efficientdet_anchors(image_size: tuple[int, int], anchor_scale: float = 4.0) -> np.ndarray:
-    """The EfficientDet seed's anchors, ``[N, 4]`` float64 in (y1, x1, y2, x2) order.
+    """The EfficientDet source's anchors, ``[N, 4]`` float64 in (y1, x1, y2, x2) order.
 
     Base size ``anchor_scale * stride * scale``; each shape stretches it by a (width, height)
     multiplier; scales in the outer loop. Like the original, raises unless the width is a multiple
@@ -116,7 +117,7 @@ def efficientdet_anchors(image_size: tuple[int, int], anchor_scale: float = 4.0)
 
 
 def efficientdet_calc_iou(anchors_yxyx: torch.Tensor, gt_xyxy: torch.Tensor) -> torch.Tensor:
-    """The EfficientDet seed's IoU: anchors in (y1, x1, y2, x2), ground truth in (x1, y1, x2, y2).
+    """The EfficientDet source's IoU: anchors in (y1, x1, y2, x2), ground truth in (x1, y1, x2, y2).
 
     It is correct only because its indices swap x and y for the first argument; handing it boxes
     in the same order on both sides (or handing these anchors to an ordinary xyxy IoU) silently
@@ -137,11 +138,11 @@ def efficientdet_calc_iou(anchors_yxyx: torch.Tensor, gt_xyxy: torch.Tensor) -> 
     return inter / union
 
 
-# --------------------------------------------------------------------------- Faster R-CNN (seed 002)
+# --------------------------------------------------------------------------- Faster R-CNN (source 002)
 def faster_rcnn_anchors(
     image_size: int = 800, stride: int = 16
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The Faster R-CNN seed's anchors on a square image, (y1, x1, y2, x2) float64.
+    """The Faster R-CNN source's anchors on a square image, (y1, x1, y2, x2) float64.
 
     Sizes ``8, 16, 32`` times the stride, ratios 0.5, 1, 2 (ratio outer, size inner). The cell
     centres are enumerated with x in the OUTER loop, i.e. column by column, whereas the RPN head's
@@ -150,7 +151,7 @@ def faster_rcnn_anchors(
 
     Returns:
         ``(anchors [G*G*9, 4], inside_anchors [M, 4], inside_index [M])`` where "inside" means
-        entirely within the image, the only anchors the seed trains on.
+        entirely within the image, the only anchors the source trains on.
     """
     ratios, sizes = (0.5, 1, 2), (8, 16, 32)
     cells = image_size // stride
@@ -176,7 +177,7 @@ def faster_rcnn_anchors(
 
 
 def iou_double_loop(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """The Faster R-CNN seed's IoU: a Python loop over every pair, ``[N, M]`` float32.
+    """The Faster R-CNN source's IoU: a Python loop over every pair, ``[N, M]`` float32.
 
     Works for any coordinate order used consistently on both sides. One Python iteration per
     pair: chapter 2 times it against the broadcast version.
@@ -195,7 +196,7 @@ def iou_double_loop(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
 
 
 def nms_plus_one(boxes_yxyx: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
-    """The Faster R-CNN seed's NumPy NMS, with the legacy "+1" pixel convention.
+    """The Faster R-CNN source's NumPy NMS, with the legacy "+1" pixel convention.
 
     Widths are ``x2 - x1 + 1``, so every box is one pixel larger in each direction than in
     detlib's and torchvision's convention: overlaps of small boxes come out higher and more of
@@ -224,10 +225,10 @@ def roi_pool_loop(
     output_size: int = 7,
     spatial_scale: float = 1.0 / 16,
 ) -> torch.Tensor:
-    """The Faster R-CNN seed's RoI pooling: one adaptive max pool per RoI, in a Python loop.
+    """The Faster R-CNN source's RoI pooling: one adaptive max pool per RoI, in a Python loop.
 
     ``rois`` is ``[K, 5]`` of (batch index, x1, y1, x2, y2), the order the loop's indexing assumes
-    (the seed itself feeds it (y1, x1, y2, x2) proposals, which transposes every crop).
+    (the source itself feeds it (y1, x1, y2, x2) proposals, which transposes every crop).
     Coordinates are scaled and truncated to ints, the crop includes its end row and column, and
     ``adaptive_max_pool2d`` splits it into bins that differ from RoI Pool's. Inside the loop the
     feature map is replaced by a one-image slice of itself (``narrow`` on the variable it reads

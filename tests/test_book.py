@@ -117,3 +117,28 @@ def test_notebooks_are_valid_json_with_python_kernel():
     for path in CHAPTERS:
         nb = json.loads(path.read_text())
         assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
+def _sanitize(text: str) -> str:
+    """Apply tests/nbval_sanitize.cfg the way nbval does: each regex replaced in turn."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "tests" / "nbval_sanitize.cfg")
+    for section in config.sections():
+        text = re.sub(config[section]["regex"], config[section]["replace"], text)
+    return text
+
+
+def test_a_tensor_printed_on_a_gpu_compares_equal_to_the_cpu_output():
+    on_cpu = "tensor([[ 0.002, -0.105]])\ntensor([1, 2], dtype=torch.int32)"
+    on_gpu = "tensor([[ 0.002, -0.105]], device='cuda:0')\ntensor([1, 2], device='cuda:1', dtype=torch.int32)"
+    assert _sanitize(on_gpu) == _sanitize(on_cpu) == on_cpu
+    assert _sanitize("tensor([1.5])") != _sanitize("tensor([2.5])")  # values still compared
+
+
+def test_the_colab_badge_image_is_absolute_in_the_notebooks():
+    # Colab renders notebook images from absolute URLs only; the book swaps in its local copy.
+    for path in CHAPTERS:
+        badge = nbformat.read(path, as_version=4).cells[1].source
+        assert f"({sync_notebooks.BADGE_IMAGE})" in badge, path.name

@@ -8,6 +8,7 @@ Python, leave torch alone, and the chapter must then run to the end.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -118,7 +119,12 @@ def test_bootstrap_floors_are_pyprojects():
     floors = sync_notebooks.runtime_floors()
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert [f"{name}>={version}" for name, version in floors.items()] == dependencies
-    assert f"check_floors({json.dumps(floors)})" in _bootstrap_source()
+    calls = [
+        node
+        for node in ast.walk(ast.parse(_bootstrap_source()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "check_floors"
+    ]
+    assert [ast.literal_eval(call.args[0]) for call in calls] == [floors]
 
 
 def test_bootstrap_stops_on_a_torch_below_the_floor(monkeypatch, capsys):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,9 +32,10 @@ BADGE_TAG = "colab-badge"
 BOOTSTRAP_TAG = "bootstrap"
 
 BOOTSTRAP_TEMPLATE = """\
-# Set-up. On a fresh runtime (Google Colab) this installs detlib from the book's repository and
-# keeps the runtime's own PyTorch; locally, `make book` has installed it already. Set the
-# environment variable DETLIB_SOURCE to install from elsewhere (a local checkout, a fork).
+# Set-up. On a fresh runtime (Google Colab) this installs detlib from the
+# book's repository and keeps the runtime's own PyTorch; locally, `make book`
+# has installed it already. Set the environment variable DETLIB_SOURCE to
+# install from elsewhere (a local checkout, a fork).
 import importlib
 import importlib.metadata
 import importlib.util
@@ -44,39 +46,49 @@ import sys
 
 DETLIB_SOURCE = os.environ.get("DETLIB_SOURCE", "git+{url}.git@{branch}")
 if importlib.util.find_spec("torch") is None:
-    raise RuntimeError("This notebook needs PyTorch: see https://pytorch.org/get-started/locally/")
+    raise RuntimeError(
+        "This notebook needs PyTorch: see https://pytorch.org/get-started/locally/"
+    )
 
 
-def check_floors(floors):  # stop, saying what to do, if the runtime's packages are too old
-    def release(version):  # "2.5.1+cu121" -> (2, 5, 1)
-        return tuple(int(n) for n in re.findall(r"\\d+", version.split("+")[0])[:3])
+def release(version):  # "2.5.1+cu121" -> (2, 5, 1)
+    return tuple(int(n) for n in re.findall(r"\\d+", version.split("+")[0])[:3])
 
+
+# Stop, saying what to do, if the runtime's packages are too old.
+def check_floors(floors):
     found = {{}}
     for name in floors:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            pass  # not installed: numpy and matplotlib are installed below, torch is checked above
-    old = [name for name in found if release(found[name]) < release(floors[name])]
+            pass  # numpy and matplotlib are installed below, torch checked above
+    old = [n for n in found if release(found[n]) < release(floors[n])]
     if old:
         raise RuntimeError(
-            "detlib needs " + ", ".join(f"{{name}} >= {{floors[name]}}" for name in old)
-            + "; this runtime has " + ", ".join(f"{{name}} {{found[name]}}" for name in old)
+            "detlib needs "
+            + ", ".join(f"{{n}} >= {{floors[n]}}" for n in old)
+            + "; this runtime has "
+            + ", ".join(f"{{n}} {{found[n]}}" for n in old)
             + ". Upgrade with\\n    !pip install --upgrade "
-            + " ".join(f'"{{name}}>={{floors[name]}}"' for name in old)
-            + "\\nthen restart the runtime (Colab: Runtime > Restart session) and run it again."
+            + " ".join(f'"{{n}}>={{floors[n]}}"' for n in old)
+            + "\\nthen restart the runtime (Colab: Runtime > Restart session)"
+            " and run it again."
         )
 
 
-# The oldest releases detlib is tested with (its pyproject.toml; `make test-compat`).
+# The oldest releases detlib is tested with (pyproject.toml; make test-compat).
 check_floors({floors})
 if importlib.util.find_spec("detlib") is None:
-    needed = [name for name in ("numpy", "matplotlib", "ipywidgets", "anywidget", "tqdm",
-                                "pycocotools") if importlib.util.find_spec(name) is None]
+    wanted = ("numpy", "matplotlib", "ipywidgets", "anywidget", "tqdm")
+    needed = [
+        n for n in wanted + ("pycocotools",) if importlib.util.find_spec(n) is None
+    ]
     pip = [sys.executable, "-m", "pip", "install", "--quiet"]
     if needed:
         subprocess.run(pip + needed, check=True)
-    subprocess.run(pip + ["--no-deps", DETLIB_SOURCE], check=True)  # --no-deps: torch stays as it is
+    # --no-deps: the runtime's torch stays as it is
+    subprocess.run(pip + ["--no-deps", DETLIB_SOURCE], check=True)
     importlib.invalidate_caches()
 
 import torch
@@ -84,8 +96,11 @@ import torch
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 print(f"PyTorch {{torch.__version__}}, running on {{device}}")"""
 
+# Colab and GitHub render a notebook's images from absolute URLs only; the HTML book serves the
+# same badge from its own static files (book/_ext/colab_badge.py), so it still reads offline.
+BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 BADGE_TEMPLATE = (
-    "[![Open In Colab](../book/_static/colab-badge.svg)]"
+    "[![Open In Colab](" + BADGE_IMAGE + ")]"
     "(https://colab.research.google.com/github/{repo}/blob/{branch}/chapters/{name})"
 )
 
@@ -117,7 +132,31 @@ def expected_cells(notebook_path: Path, url: str, branch: str) -> tuple[str, str
     github_repo = url.split("github.com/", 1)[1]
     badge = BADGE_TEMPLATE.format(repo=github_repo, branch=branch, name=notebook_path.name)
     floors = json.dumps(runtime_floors())
-    return badge, BOOTSTRAP_TEMPLATE.format(url=url, branch=branch, floors=floors)
+    bootstrap = BOOTSTRAP_TEMPLATE.format(url=url, branch=branch, floors=floors)
+    return badge, _formatted(bootstrap)
+
+
+def _formatted(code: str) -> str:
+    """``code`` as ruff formats the chapters (``chapters/ruff.toml``), so that the bootstrap cell
+    passes ``make lint`` whatever the repository URL's length."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "format",
+            "--config",
+            str(ROOT / "chapters" / "ruff.toml"),
+            "--stdin-filename",
+            "bootstrap.py",
+            "-",
+        ],
+        input=code,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.rstrip("\n")
 
 
 def _tagged(nb: nbformat.NotebookNode, tag: str) -> list[nbformat.NotebookNode]:
