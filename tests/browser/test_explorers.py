@@ -249,7 +249,8 @@ def test_explorer_in_the_built_book(browser, explorer):
     errors = _errors(page)
     try:
         page.goto(f"{url}/{explorer.page}", wait_until="networkidle")
-        page.wait_for_timeout(1500)  # the widget manager renders after network idle
+        # The widget manager renders after network idle; on a busy machine, seconds later.
+        page.wait_for_selector(f".{explorer.css_class}", timeout=30000)
         root = page.locator(f".{explorer.css_class}")
         assert root.count() == 1, f"{explorer.name} did not render in {explorer.page}"
         root.scroll_into_view_if_needed()
