@@ -7,44 +7,17 @@ import math
 import pytest
 import torch
 from torchvision.models.detection import roi_heads as tv_roi_heads
-from torchvision.models.detection import rpn as tv_rpn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
-from detlib import AnchorGenerator, BoxCoder
+from detlib import BoxCoder
 from detlib.roi.multiscale import multiscale_roi_align
 from detlib.rpn import RPNHead, generate_proposals, label_anchors, rpn_loss
 from detlib.sampling import balanced_sample
 from detlib.second_stage import FastRCNNHead, fast_rcnn_loss, sample_proposals
 from tests.conftest import random_boxes
+from tests.test_rpn import two_level_setup
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def torchvision_rpn(pre_nms_top_n=1000, post_nms_top_n=300, nms_thresh=0.7, **kwargs):
-    return tv_rpn.RegionProposalNetwork(
-        anchor_generator=None,
-        head=None,
-        fg_iou_thresh=kwargs.get("fg", 0.7),
-        bg_iou_thresh=kwargs.get("bg", 0.3),
-        batch_size_per_image=256,
-        positive_fraction=0.5,
-        pre_nms_top_n=dict(training=pre_nms_top_n, testing=pre_nms_top_n),
-        post_nms_top_n=dict(training=post_nms_top_n, testing=post_nms_top_n),
-        nms_thresh=nms_thresh,
-        score_thresh=kwargs.get("score_thresh", 0.0),
-    )
-
-
-def two_level_setup(gen, batch=2, channels=8):
-    """Feature maps of strides 8 and 16 for 128 x 160 images, and their anchors."""
-    features = [
-        torch.randn(batch, channels, 16, 20, generator=gen),
-        torch.randn(batch, channels, 8, 10, generator=gen),
-    ]
-    generator = AnchorGenerator(strides=[8, 16], sizes=[[16, 24], [32, 48]])
-    anchors = generator((128, 160))
-    per_level = [len(a) for a in generator.per_level((128, 160))]
-    return features, anchors, per_level
 
 
 # ----------------------------------------------------------------------------- sample_proposals
