@@ -253,7 +253,10 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, labels: Tensor | None, threshold:
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     threshold = _threshold_for(threshold, _iou_dtype(boxes.dtype), boxes.device.type)
-    candidates = _candidates_in_visiting_order(boxes, scores, labels)
+    by_score = torch.sort(scores, descending=True, stable=True).indices
+    candidates = _candidates_in_visiting_order(boxes, by_score, labels)
+    if labels is not None:
+        return _in_score_order(_greedy_nms_by_category(candidates, threshold), by_score)
     kept = []
     while candidates.count > 0:
         block = candidates.select(slice(0, _BLOCK_SIZE))
@@ -262,8 +265,134 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, labels: Tensor | None, threshold:
         kept.append(block.indices)
         if candidates.count > 0:
             candidates = _remove_suppressed(candidates, block, threshold)
-    kept = kept[0] if len(kept) == 1 else torch.cat(kept)
-    return kept if labels is None else _by_decreasing_score(kept, scores)
+    return kept[0] if len(kept) == 1 else torch.cat(kept)
+
+
+def _greedy_nms_by_category(candidates: _Candidates, threshold: float) -> Tensor:
+    """Indices kept by greedy NMS of ``candidates`` grouped by category (each category's boxes
+    contiguous, by decreasing score), all categories at once.
+
+    Each round takes the first ``b`` candidates of every category still in the running, decides
+    them with one batched fixed-point iteration (``[G, b, b]``, one ``b x b`` block per category),
+    and removes the later candidates of each category that its kept boxes suppress. Boxes of
+    different categories are never compared, so with many small categories (per-class NMS, or
+    NMS per image and class) almost no IoU is computed in vain.
+    """
+    kept = []
+    while candidates.count > 0:
+        _, group, counts = torch.unique_consecutive(
+            candidates.labels, return_inverse=True, return_counts=True
+        )
+        width = _category_block_width(counts)
+        rank = torch.arange(candidates.count, device=group.device)
+        rank -= (torch.cumsum(counts, 0) - counts)[group]
+        in_block = rank < width
+        rows = in_block.nonzero().squeeze(1)
+        block = candidates.select(rows)
+        block_kept = _greedy_keep_within_categories(
+            block, group[rows], rank[rows], len(counts), width, threshold
+        )
+        block = block.select(block_kept)
+        kept.append(block.indices)
+        rest = (~in_block).nonzero().squeeze(1)
+        if rest.numel() == 0:
+            break
+        candidates = candidates.select(rest)
+        candidates = _remove_suppressed_by_category(candidates, block, threshold)
+    return kept[0] if len(kept) == 1 else torch.cat(kept)
+
+
+def _category_block_width(counts: Tensor) -> int:
+    """How many candidates of each category one round decides, given the number of candidates of
+    each category, ``counts`` (``[G]``): starting from 8, doubled (up to the largest count and
+    ``_BLOCK_SIZE``) while the padded grid (every category padded to the width) holds at most four
+    times the pairs that the categories need and at most ``_MAX_PAIRS`` pairs in all."""
+    largest = min(int(counts.max()), _BLOCK_SIZE)
+    width = min(8, largest)
+    while width < largest:
+        wider = min(2 * width, largest)
+        padded = len(counts) * wider * wider
+        needed = int((counts.clamp(max=wider) ** 2).sum())
+        if padded > 4 * needed or padded > _MAX_PAIRS:
+            break
+        width = wider
+    return width
+
+
+def _greedy_keep_within_categories(
+    block: _Candidates, group: Tensor, rank: Tensor, num_groups: int, width: int, threshold: float
+) -> Tensor:
+    """The rows of ``block`` that greedy NMS keeps (``Tensor[K]``, increasing), when ``block``
+    holds at most ``width`` candidates of each of ``num_groups`` categories: candidate ``i`` is
+    number ``rank[i]`` of category ``group[i]``, in visiting order, none suppressed by a box
+    kept earlier.
+
+    The candidates are laid out in a ``[G, width]`` grid, one row per category, and the
+    fixed-point iteration of :func:`_greedy_keep_within` runs on all rows at once.
+    """
+    slot = group * width + rank
+    grid = num_groups * width
+    corners = block.corners.new_zeros((4, grid)).index_copy_(1, slot, block.corners)
+    areas = block.areas.new_zeros(grid).index_copy_(0, slot, block.areas)
+    present = torch.zeros(grid, dtype=torch.bool, device=slot.device).index_fill_(0, slot, True)
+    cells = _Candidates(
+        slot, corners.view(4, num_groups, width), areas.view(num_groups, width), None
+    )
+    present = present.view(num_groups, width)
+    # suppresses[g, i, j]: in category g, box i comes before box j and would suppress it.
+    # The empty cells hold zero boxes. They are never kept (``keep`` starts at ``present``), so
+    # they suppress nothing, whatever their IoU.
+    suppresses = _pairwise_iou(cells, cells) > threshold
+    suppresses &= _later(width, suppresses.device)
+    suppresses = suppresses.float()
+    keep = present.float()
+    for _ in range(width + 1):
+        next_keep = torch.bmm(keep[:, None, :], suppresses)[:, 0].eq_(0).mul_(present)
+        if torch.equal(next_keep, keep):
+            return keep.view(-1)[slot].nonzero().squeeze(1)
+        keep = next_keep
+    raise AssertionError("unreachable: the greedy decisions must settle within width + 1 rounds")
+
+
+def _remove_suppressed_by_category(
+    candidates: _Candidates, kept: _Candidates, threshold: float
+) -> _Candidates:
+    """The ``candidates`` that no box of ``kept`` of their own category suppresses (both grouped
+    by category, in visiting order).
+
+    Every category of ``candidates`` has kept boxes: candidates are left over only in the
+    categories that filled their row of the round's grid, and the first box of a row is always
+    kept.
+    """
+    categories, per_category = torch.unique_consecutive(kept.labels, return_counts=True)
+    # The kept boxes in a [C, width] grid, one row per category. The empty cells hold zero boxes,
+    # which change nothing: an empty cell suppresses a candidate only when IoU 0 is above the
+    # threshold, and then so does every kept box of the row (IoU >= 0; NaN counts for neither).
+    width = int(per_category.max())
+    first = torch.cumsum(per_category, 0) - per_category
+    category = torch.repeat_interleave(
+        torch.arange(len(categories), device=first.device), per_category
+    )
+    slot = category * width + torch.arange(kept.count, device=first.device) - first[category]
+    grid = len(categories) * width
+    corners = kept.corners.new_zeros((4, grid)).index_copy_(1, slot, kept.corners)
+    corners = corners.view(4, len(categories), width)
+    areas = kept.areas.new_zeros(grid).index_copy_(0, slot, kept.areas).view(-1, width)
+    row = torch.searchsorted(categories, candidates.labels)  # each candidate's row in the grid
+    chunk = max(1, _MAX_PAIRS // width)
+    suppressed = []
+    for start in range(0, candidates.count, chunk):
+        part = candidates.select(slice(start, start + chunk))
+        rows = row[start : start + chunk]
+        # [4, M, width]: the kept boxes of each candidate's category
+        their_kept = _Candidates(
+            rows, corners.index_select(1, rows), areas.index_select(0, rows), None
+        )
+        one_each = _Candidates(part.indices, part.corners[:, :, None], part.areas[:, None], None)
+        above = _pairwise_iou(their_kept, one_each)[..., 0] > threshold  # [M, width]
+        suppressed.append(above.any(1))
+    suppressed = torch.cat(suppressed) if len(suppressed) > 1 else suppressed[0]
+    return candidates.select(suppressed.logical_not_().nonzero().squeeze(1))
 
 
 def _remove_suppressed(candidates: _Candidates, kept: _Candidates, threshold: float) -> _Candidates:
@@ -288,10 +417,19 @@ def _remove_suppressed(candidates: _Candidates, kept: _Candidates, threshold: fl
     return candidates.select(rows)
 
 
-def _by_decreasing_score(indices: Tensor, scores: Tensor) -> Tensor:
-    """``indices`` (``[K]``) reordered by decreasing score, equal scores by increasing index."""
-    indices = torch.sort(indices).values
-    return indices[torch.sort(scores[indices], descending=True, stable=True).indices]
+def _in_score_order(indices: Tensor, by_score: Tensor) -> Tensor:
+    """``indices`` (``[K]``, distinct) in the order of ``by_score`` (``[N]``, every index by
+    decreasing score, equal scores by increasing index): a mask and a gather, no sort."""
+    chosen = torch.zeros(by_score.shape[0], dtype=torch.bool, device=by_score.device)
+    chosen[indices] = True
+    return by_score[chosen[by_score]]
+
+
+@functools.lru_cache(maxsize=16)
+def _later(width: int, device: torch.device) -> Tensor:
+    """``[width, width]`` bool, True where the column comes after the row (``j > i``). A mask
+    applied with ``&`` is much faster than ``triu_`` on a boolean (or batched) matrix."""
+    return torch.ones(width, width, dtype=torch.bool, device=device).triu_(diagonal=1)
 
 
 def _iou_dtype(box_dtype: torch.dtype) -> torch.dtype:
@@ -323,11 +461,11 @@ def _threshold_for(threshold: float, iou_dtype: torch.dtype, device_type: str) -
 
 
 def _candidates_in_visiting_order(
-    boxes: Tensor, scores: Tensor, labels: Tensor | None
+    boxes: Tensor, by_score: Tensor, labels: Tensor | None
 ) -> _Candidates:
-    """All boxes as candidates: by decreasing score, equal scores by increasing index; with
-    ``labels``, grouped by category first."""
-    order = torch.sort(scores, descending=True, stable=True).indices
+    """All boxes as candidates, in the order ``by_score`` (by decreasing score, equal scores by
+    increasing index); with ``labels``, grouped by category first."""
+    order = by_score
     if labels is not None:
         # Categories never interact, so visiting them one after the other changes no decision,
         # and then the later boxes of a block's categories are found together (_remove_suppressed).
@@ -365,7 +503,8 @@ def _greedy_keep_within(block: _Candidates, threshold: float) -> Tensor:
     has at most ``B`` boxes, so ``B + 1`` rounds always suffice; in practice it takes a handful.
     """
     # suppresses[i, j] = 1 when box i comes before box j and would suppress it.
-    suppresses = _suppresses(block, block, threshold).triu_(diagonal=1).float()
+    suppresses = _suppresses(block, block, threshold)
+    suppresses = suppresses.logical_and_(_later(block.count, suppresses.device)).float()
     # keep as 1.0 / 0.0: counting the kept suppressors with a matrix product is faster than a
     # boolean any(), and eq_ writes its answer back as 1.0 / 0.0.
     keep = suppresses.new_ones(block.count)
@@ -409,17 +548,18 @@ def _suppresses(rows: _Candidates, cols: _Candidates, threshold: float) -> Tenso
 
 
 def _pairwise_iou(rows: _Candidates, cols: _Candidates) -> Tensor:
-    """IoU of ``rows[i]`` and ``cols[j]``: ``Tensor[R, C]``, NaN for two zero-area boxes.
+    """IoU of ``rows[..., i]`` and ``cols[..., j]``: ``Tensor[..., R, C]``, NaN for two zero-area
+    boxes. The corners may carry leading batch dimensions (``[4, ..., R]``), which broadcast.
 
     ``inter / (area_i + area_j - inter)``, the formula of torchvision's kernels; in-place
     operations keep the number of ``[R, C]`` temporaries small.
     """
     iou_dtype = rows.areas.dtype
-    x1r, y1r, x2r, y2r = rows.corners[:, :, None]
-    x1c, y1c, x2c, y2c = cols.corners
+    x1r, y1r, x2r, y2r = rows.corners[..., :, None]
+    x1c, y1c, x2c, y2c = cols.corners[..., None, :]
     inter = _overlap_length(x1r, x2r, x1c, x2c, iou_dtype)
     inter *= _overlap_length(y1r, y2r, y1c, y2c, iou_dtype)
-    union = rows.areas[:, None] + cols.areas
+    union = rows.areas[..., :, None] + cols.areas[..., None, :]
     union -= inter
     return inter.div_(union)
 

@@ -285,6 +285,21 @@ def test_nms_16_bit_boxes(gen, dtype):
 
 
 # ----------------------------------------------------------------------------- batched_nms
+@pytest.mark.parametrize("iou_threshold", [-0.5, 0.0, 0.3, 0.7, 1.0])
+def test_batched_nms_with_categories_of_very_different_sizes(gen, iou_threshold):
+    # One category of 600 boxes beside 80 of one to six: the categories are decided together in
+    # a grid, one row each, padded with empty cells, over several rounds for the large one; a
+    # negative threshold makes even an empty cell's IoU of 0 count, so the padding must be
+    # masked out.
+    sizes = [600] + [int(n) for n in torch.randint(1, 7, (80,), generator=gen)]
+    labels = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    labels = labels[torch.randperm(len(labels), generator=gen)]
+    boxes = clustered_boxes(len(labels), gen, objects=30)
+    scores = torch.randint(0, 100, (len(labels),), generator=gen).float()  # with ties
+    expected = per_class_reference(boxes, scores, labels, iou_threshold)
+    assert torch.equal(batched_nms(boxes, scores, labels, iou_threshold), expected)
+
+
 @pytest.mark.parametrize("iou_threshold", [0.0, 0.5, 1.0])
 def test_batched_nms_matches_torchvision_coordinate_trick(gen, iou_threshold):
     # Up to 1,000 boxes torchvision shifts each category by a multiple of (max coordinate + 1).
