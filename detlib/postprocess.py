@@ -247,46 +247,33 @@ def _top_candidates(
 ) -> _Candidates:
     """The (anchor, class) pairs scoring above the threshold, at most ``k`` per level and image,
     each level by decreasing score (equal scores by increasing index): ``M`` candidates, grouped
-    by image, then level."""
+    by image, then level.
+
+    As in torchvision's RetinaNet, the top-k of an image and level runs over the pairs above
+    the threshold only (with a trained head, a small share of them).
+    """
     batch, _, num_classes = cls_logits.shape
     scores = torch.sigmoid(cls_logits)
-    values, anchors, labels = [], [], []
+    chosen = [[] for _ in range(batch)]  # per image: (values, positions in [N * C]) per level
     start = 0
     for count in levels:
         flat = scores[:, start : start + count].reshape(batch, count * num_classes)
-        level_values, positions = _above_threshold(flat, score_threshold)
-        level_values, order = _top_k(level_values, level_values.shape[1] if k is None else k)
-        positions = positions.gather(1, order)
-        values.append(level_values)
-        anchors.append(start + torch.div(positions, num_classes, rounding_mode="floor"))
-        labels.append(positions % num_classes)
+        rows, columns = (flat > score_threshold).nonzero(as_tuple=True)  # NaN is never above
+        values = flat[rows, columns]  # row-major: by image, positions increasing
+        per_image = torch.bincount(rows, minlength=batch).tolist()
+        for image, (v, c) in enumerate(zip(values.split(per_image), columns.split(per_image))):
+            v, order = _top_k(v[None], v.shape[0] if k is None else k)
+            chosen[image].append((v[0], c.index_select(0, order[0]) + start * num_classes))
         start += count
-    values, anchors, labels = torch.cat(values, 1), torch.cat(anchors, 1), torch.cat(labels, 1)
-    image, column = (values > -math.inf).nonzero(as_tuple=True)  # row-major: by image, then level
-    return _Candidates(image, anchors[image, column], labels[image, column], values[image, column])
-
-
-def _above_threshold(scores: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
-    """The scores above ``threshold`` of each row of ``scores`` (``[B, P]``), packed to the left:
-    values ``[B, W]`` (``-inf`` after the last one of a row) and their positions in the row
-    (increasing), with ``W`` the largest count of a row.
-
-    When few scores pass, as with a trained head, the top-k then sorts ``W << P`` numbers per row;
-    when most pass, packing would cost more than it saves, and the rows are only masked.
-    """
-    above = scores > threshold  # NaN is never above
-    per_row = above.sum(1, dtype=torch.int32)  # (much faster than the default int64 sum)
-    width = int(per_row.max()) if scores.numel() > 0 else 0
-    if 2 * width > scores.shape[1]:  # most pass: mask instead of packing
-        positions = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
-        return scores.masked_fill(~above, -math.inf), positions
-    rows, columns = above.nonzero(as_tuple=True)  # row-major, columns increasing in a row
-    slot = torch.arange(len(rows), device=rows.device) - (torch.cumsum(per_row, 0) - per_row)[rows]
-    packed = scores.new_full((scores.shape[0], width), -math.inf)
-    packed[rows, slot] = scores[rows, columns]
-    positions = torch.zeros(packed.shape, dtype=torch.int64, device=scores.device)
-    positions[rows, slot] = columns
-    return packed, positions
+    counts = [sum(len(v) for v, _ in levels_of_image) for levels_of_image in chosen]
+    values = torch.cat([v for levels_of_image in chosen for v, _ in levels_of_image])
+    positions = torch.cat([p for levels_of_image in chosen for _, p in levels_of_image])
+    image = torch.repeat_interleave(
+        torch.arange(batch, device=scores.device),
+        torch.tensor(counts, device=scores.device),
+    )
+    anchor = torch.div(positions, num_classes, rounding_mode="floor")
+    return _Candidates(image, anchor, positions % num_classes, values)
 
 
 def _top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
