@@ -43,9 +43,14 @@ test-unit: setup
 NBVAL := $(BIN)/pytest -q -p no:cacheprovider --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 PORTABLE := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
 
+# `make test` runs the chapters two at a time, one kernel per chapter (`--dist loadscope`), each on
+# one thread: the longest chapters (the last ones, which train) are handed out first.
+NOTEBOOK_WORKERS ?= 2
+CHAPTERS_LONGEST_FIRST := $(shell ls -r $(CHAPTERS) 2>/dev/null)
+
 test-notebooks: setup
-	@echo "==> [test] nbval: re-running every chapter ($(PORTABLE)) and comparing with its committed outputs"
-	$(PORTABLE) $(NBVAL) $(CHAPTERS)
+	@echo "==> [test] nbval: re-running every chapter ($(PORTABLE), $(NOTEBOOK_WORKERS) at a time) and comparing with its committed outputs"
+	$(PORTABLE) $(NBVAL) -n $(NOTEBOOK_WORKERS) --dist loadscope --no-loadscope-reorder $(CHAPTERS_LONGEST_FIRST)
 
 # The rest of the portability matrix: other CPU kernels and thread counts (one full nbval run each).
 test-portable: setup

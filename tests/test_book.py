@@ -51,10 +51,8 @@ def test_the_repository_url_lives_in_one_place():
     mentions = {
         p.relative_to(ROOT).as_posix() for p in sources if url in p.read_text(errors="ignore")
     }
-    # _config.yml holds it; chapters (and draft chapters) carry the rendered copy that `make sync`
-    # keeps in step.
+    # _config.yml holds it; the chapters carry the rendered copy that `make sync` keeps in step.
     rendered = {f"chapters/{p.name}" for p in CHAPTERS}
-    rendered |= {f"drafts/{p.name}" for p in (ROOT / "drafts").glob("*.ipynb")}
     assert mentions - rendered == {"_config.yml"}
 
 
