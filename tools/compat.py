@@ -364,7 +364,6 @@ def main(argv: list[str] | None = None) -> int:
             text=True,
             check=True,
         ).stdout.strip()
-    data = json.loads(args.results.read_text()) if args.results.exists() else {}
     ok = True
     for name in args.runtime or ["floor", "newest"]:
         plan = runtime_plan(name, floors)
@@ -408,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                     os.path.realpath(base / name / "venv")
                 )
         result["seconds"] = round(time.monotonic() - start)
+        # Read again: a run of the other runtime, started beside this one, may have finished.
+        data = json.loads(args.results.read_text()) if args.results.exists() else {}
         data[name] = result
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(data, indent=1) + "\n")
