@@ -50,6 +50,9 @@ def _fresh_runtime(tmp_path: Path) -> Path:
         text=True,
         check=True,
         cwd=tmp_path,
+        # Where the tests import a copy of detlib through PYTHONPATH (tools/compat.py), the
+        # fresh runtime must not see it either.
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     assert probe.stdout.strip() == "None", "detlib must not be importable before the bootstrap"
     return python

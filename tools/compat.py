@@ -72,6 +72,9 @@ TOOL_PACKAGES = (
     "setuptools",
     "wheel",
 )
+# Tools the unit tests run whose output must match the repository's: at requirements.txt's pin
+# (the tests check that each chapter's bootstrap cell is what ruff formats it to).
+PINNED_TOOLS = ("ruff",)
 CELL_TIMEOUT_S = 3600
 
 
@@ -136,7 +139,17 @@ def runtime_plan(name: str, floors: dict[str, str]) -> dict:
         requirements = list(RUNTIME_PACKAGES)
     else:
         raise ValueError(f"runtime must be 'floor' or 'newest', got {name!r}")
-    return {"python": python, "requirements": requirements + list(TOOL_PACKAGES)}
+    return {"python": python, "requirements": requirements + list(TOOL_PACKAGES) + _pinned_tools()}
+
+
+def _pinned_tools(path: Path = ROOT / "requirements.txt") -> list[str]:
+    """``name==version`` of each of ``PINNED_TOOLS``, as requirements.txt pins it."""
+    pins = dict(
+        line.split("==", 1)
+        for line in (raw.split("#", 1)[0].strip() for raw in path.read_text().splitlines())
+        if "==" in line
+    )
+    return [f"{name}=={pins[name]}" for name in PINNED_TOOLS]
 
 
 def _pip_env(wheels: Path) -> dict[str, str]:
