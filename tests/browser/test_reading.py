@@ -89,3 +89,16 @@ def _visible_code_share(page) -> float:
 def test_visible_code_is_at_most_30_percent_of_the_page(pages, path):
     share = _visible_code_share(pages[path])
     assert share <= MAX_CODE_SHARE, f"visible code is {100 * share:.1f}% of {path}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS)
+def test_figures_are_not_shrunk_out_of_legibility(pages, path):
+    # A wide figure spans the page's margin (cell tag `full-width`) instead of being shrunk to
+    # the text column, so its 10-12 pt labels stay readable at 1280 px.
+    scales = pages[path].evaluate(
+        """() => [...document.querySelectorAll('article .cell_output img')]
+                 .filter(i => i.naturalWidth > 0)
+                 .map(i => i.getBoundingClientRect().width / i.naturalWidth)"""
+    )
+    assert scales, f"{path} has no figure"
+    assert min(scales) >= 0.75, f"a figure of {path} is drawn at {min(scales):.2f} of its size"
