@@ -1,4 +1,4 @@
-"""Benchmarks: detlib vs torchvision vs the seeds' naive code, side by side in one run.
+"""Benchmarks: detlib vs torchvision vs the sources' naive code, side by side in one run.
 
 ``make bench`` runs every case on the CPU and, when there is one, on the GPU, and writes
 
@@ -227,7 +227,7 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
     on = {"device": device}
     cases = []
 
-    # IoU at the Faster R-CNN seed's own size: 8,940 anchors inside the image x 2 ground truths.
+    # IoU at the Faster R-CNN source's own size: 8,940 anchors inside the image x 2 ground truths.
     _, inside, _ = seeds.faster_rcnn_anchors(800, 16)
     gt_yxyx = np.array([[20.0, 30.0, 400.0, 500.0], [300.0, 400.0, 500.0, 600.0]], dtype=np.float32)
     anchors = detlib.box_convert(torch.from_numpy(inside).float(), "yxyx", "xyxy").to(device)
@@ -241,8 +241,8 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
                 "torchvision": lambda: torchvision.ops.box_iou(anchors, gt),
                 "seed": lambda: seeds.iou_double_loop(inside, gt_yxyx),
             },
-            floor="<= 1.1x (aim 0.7x); seed >= 50x",
-            note="seed: the Python double loop of seed 002, on the host",
+            floor="<= 1.1x (aim 0.7x); sources' code >= 50x slower",
+            note="sources' code: the Python double loop of source 002, on the host",
         )
     )
 
@@ -274,7 +274,7 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
                     "seed": lambda b=boxes_yxyx, s=scores_np: seeds.nms_plus_one(b, s, 0.5),
                 },
                 floor="<= 1.0x",
-                note="seed: the NumPy loop of seed 002 (with its +1 pixel convention), on the host",
+                note="sources' code: the NumPy loop of source 002 (with its +1 pixel convention), on the host",
             )
         )
 
@@ -294,14 +294,15 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
                 },
                 floor="<= 1.0x",
                 note="torchvision shifts the classes apart up to 1,000 boxes on the CPU and loops "
-                "over classes above; detlib visits the classes in one pass, exactly per class",
+                "over classes above; detlib decides all classes at once, one row per class in a padded "
+                "grid, exactly per class",
             )
         )
 
     features, rois = roi_inputs(gen)
     features, rois = features.to(device), rois.to(device)
     first_image_rois = rois.clone()
-    first_image_rois[:, 0] = 0  # the seed's loop only handles batch index 0
+    first_image_rois[:, 0] = 0  # the source's loop only handles batch index 0
     cases.append(
         Case(
             "roi_pool",
@@ -312,7 +313,7 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
                 "seed": lambda: seeds.roi_pool_loop(features, first_image_rois, 7, 1 / 16),
             },
             floor="<= 3x",
-            note="seed: one adaptive max pool per RoI in a Python loop (seed 002, image 0 only)",
+            note="sources' code: one adaptive max pool per RoI in a Python loop (source 002, image 0 only)",
         )
     )
     cases.append(
@@ -346,7 +347,7 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
                 "seed": lambda: torch.from_numpy(seeds.retinanet_anchors((512, 512))).to(device),
             },
             floor="<= 1.0x",
-            note="seed: built in NumPy on the host (seed 000), then copied to the device; detlib "
+            note="sources' code: built in NumPy on the host (source 000), then copied to the device; detlib "
             "caches the anchors per (image size, device, dtype) and returns a copy",
         )
     )
@@ -455,7 +456,8 @@ def markdown(results: list[dict]) -> str:
             f"Measured {result['date']} with torch {result['torch']}, torchvision {result['torchvision']}. "
             "Times in milliseconds per call (median).",
             "",
-            "| operation | size | detlib | torchvision | seed code | detlib / torchvision | seed / detlib | target |",
+            "| operation | size | detlib | torchvision | sources' code | detlib / torchvision "
+            "| sources' code / detlib | target |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for case in result["cases"]:
