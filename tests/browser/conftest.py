@@ -34,16 +34,22 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def serve(directory: Path) -> tuple[socketserver.TCPServer, str]:
+    """Serve ``directory`` on a free localhost port from a background thread: the server (call
+    ``shutdown()`` when done) and its URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
 @pytest.fixture(scope="session")
 def server():
     if not (HTML / "index.html").exists():
         pytest.fail("the book is not built: run `make test-book` (or `make book`) first")
-    handler = functools.partial(_QuietHandler, directory=str(HTML))
-    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as httpd:
-        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-        thread.start()
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-        httpd.shutdown()
+    httpd, url = serve(HTML)
+    yield url
+    httpd.shutdown()
 
 
 @pytest.fixture(scope="module")

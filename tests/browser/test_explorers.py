@@ -14,30 +14,19 @@ Screenshots of each explorer after the move land in ``_build/screenshots/``.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
-import os
-import socketserver
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.browser.conftest import serve
+
 playwright = pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parents[2]
-HTML = ROOT / "_build" / "html"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 STATIC = ROOT / "detlib" / "static"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-]
 
 
 @dataclass(frozen=True)
@@ -126,28 +115,6 @@ EXPLORERS = [
 ]
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def _serve(directory: Path):
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: `make browser-deps` installs it, or set CHROMIUM")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 def _errors(page) -> list[str]:
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -223,7 +190,7 @@ def _drag_the_prediction(page, root) -> None:
 
 @pytest.mark.parametrize("explorer", EXPLORERS, ids=lambda e: e.name)
 def test_explorer_module_renders_and_responds(browser, tmp_path, explorer):
-    httpd, url = _serve(_harness(tmp_path, explorer))
+    httpd, url = serve(_harness(tmp_path, explorer))
     page = browser.new_page(viewport={"width": 900, "height": 900})
     errors = _errors(page)
     try:
@@ -241,14 +208,11 @@ def test_explorer_module_renders_and_responds(browser, tmp_path, explorer):
 
 
 @pytest.mark.parametrize("explorer", EXPLORERS, ids=lambda e: e.name)
-def test_explorer_in_the_built_book(browser, explorer):
-    if not (HTML / "index.html").exists():
-        pytest.fail("the book is not built: run `make test-book` (or `make book`) first")
-    httpd, url = _serve(HTML)
+def test_explorer_in_the_built_book(browser, server, explorer):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors = _errors(page)
     try:
-        page.goto(f"{url}/{explorer.page}", wait_until="networkidle")
+        page.goto(f"{server}/{explorer.page}", wait_until="networkidle")
         # The widget manager renders after network idle; on a busy machine, seconds later.
         page.wait_for_selector(f".{explorer.css_class}", timeout=30000)
         root = page.locator(f".{explorer.css_class}")
@@ -258,4 +222,3 @@ def test_explorer_in_the_built_book(browser, explorer):
         assert errors == []
     finally:
         page.close()
-        httpd.shutdown()
