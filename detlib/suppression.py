@@ -280,12 +280,8 @@ def _greedy_nms_by_category(candidates: _Candidates, threshold: float) -> Tensor
     """
     kept = []
     while candidates.count > 0:
-        _, group, counts = torch.unique_consecutive(
-            candidates.labels, return_inverse=True, return_counts=True
-        )
+        _, group, rank, counts = _runs(candidates.labels)
         width = _category_block_width(counts)
-        rank = torch.arange(candidates.count, device=group.device)
-        rank -= (torch.cumsum(counts, 0) - counts)[group]
         in_block = rank < width
         rows = in_block.nonzero().squeeze(1)
         block = candidates.select(rows)
@@ -300,6 +296,27 @@ def _greedy_nms_by_category(candidates: _Candidates, threshold: float) -> Tensor
         candidates = candidates.select(rest)
         candidates = _remove_suppressed_by_category(candidates, block, threshold)
     return kept[0] if len(kept) == 1 else torch.cat(kept)
+
+
+def _runs(labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For ``labels`` (``[P]``) in which each value's elements are contiguous: the values
+    (``[G]``), the run of each element (``[P]``), its rank in its run (``[P]``) and the length of
+    each run (``[G]``)."""
+    values, run, lengths = torch.unique_consecutive(labels, return_inverse=True, return_counts=True)
+    rank = (
+        torch.arange(len(labels), device=labels.device) - (torch.cumsum(lengths, 0) - lengths)[run]
+    )
+    return values, run, rank, lengths
+
+
+def _in_grid(candidates: _Candidates, slot: Tensor, rows: int, width: int) -> _Candidates:
+    """``candidates`` laid out in a ``[rows, width]`` grid, candidate ``i`` at the flat position
+    ``slot[i]``, zero boxes in the other cells: corners ``[4, rows, width]`` and areas
+    ``[rows, width]``; the indices are the slots."""
+    cells = rows * width
+    corners = candidates.corners.new_zeros((4, cells)).index_copy_(1, slot, candidates.corners)
+    areas = candidates.areas.new_zeros(cells).index_copy_(0, slot, candidates.areas)
+    return _Candidates(slot, corners.view(4, rows, width), areas.view(rows, width), None)
 
 
 def _category_block_width(counts: Tensor) -> int:
@@ -331,14 +348,9 @@ def _greedy_keep_within_categories(
     fixed-point iteration of :func:`_greedy_keep_within` runs on all rows at once.
     """
     slot = group * width + rank
-    grid = num_groups * width
-    corners = block.corners.new_zeros((4, grid)).index_copy_(1, slot, block.corners)
-    areas = block.areas.new_zeros(grid).index_copy_(0, slot, block.areas)
-    present = torch.zeros(grid, dtype=torch.bool, device=slot.device).index_fill_(0, slot, True)
-    cells = _Candidates(
-        slot, corners.view(4, num_groups, width), areas.view(num_groups, width), None
-    )
-    present = present.view(num_groups, width)
+    cells = _in_grid(block, slot, num_groups, width)
+    present = torch.zeros(num_groups * width, dtype=torch.bool, device=slot.device)
+    present = present.index_fill_(0, slot, True).view(num_groups, width)
     # suppresses[g, i, j]: in category g, box i comes before box j and would suppress it.
     # The empty cells hold zero boxes. They are never kept (``keep`` starts at ``present``), so
     # they suppress nothing, whatever their IoU.
@@ -364,20 +376,12 @@ def _remove_suppressed_by_category(
     categories that filled their row of the round's grid, and the first box of a row is always
     kept.
     """
-    categories, per_category = torch.unique_consecutive(kept.labels, return_counts=True)
+    categories, category, rank, per_category = _runs(kept.labels)
     # The kept boxes in a [C, width] grid, one row per category. The empty cells hold zero boxes,
     # which change nothing: an empty cell suppresses a candidate only when IoU 0 is above the
     # threshold, and then so does every kept box of the row (IoU >= 0; NaN counts for neither).
     width = int(per_category.max())
-    first = torch.cumsum(per_category, 0) - per_category
-    category = torch.repeat_interleave(
-        torch.arange(len(categories), device=first.device), per_category
-    )
-    slot = category * width + torch.arange(kept.count, device=first.device) - first[category]
-    grid = len(categories) * width
-    corners = kept.corners.new_zeros((4, grid)).index_copy_(1, slot, kept.corners)
-    corners = corners.view(4, len(categories), width)
-    areas = kept.areas.new_zeros(grid).index_copy_(0, slot, kept.areas).view(-1, width)
+    grid = _in_grid(kept, category * width + rank, len(categories), width)
     row = torch.searchsorted(categories, candidates.labels)  # each candidate's row in the grid
     chunk = max(1, _MAX_PAIRS // width)
     suppressed = []
@@ -386,7 +390,7 @@ def _remove_suppressed_by_category(
         rows = row[start : start + chunk]
         # [4, M, width]: the kept boxes of each candidate's category
         their_kept = _Candidates(
-            rows, corners.index_select(1, rows), areas.index_select(0, rows), None
+            rows, grid.corners.index_select(1, rows), grid.areas.index_select(0, rows), None
         )
         one_each = _Candidates(part.indices, part.corners[:, :, None], part.areas[:, None], None)
         above = _pairwise_iou(their_kept, one_each)[..., 0] > threshold  # [M, width]
