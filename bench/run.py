@@ -259,8 +259,12 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
         )
     )
 
-    for n in (1_000, 5_000):
-        boxes, scores = detector_like_boxes(n, gen)
+    # 300 boxes: below about 1,000 the compiled kernel's loop is ahead on a CPU (the Performance
+    # page says why). Its own generator keeps the other cases' inputs as they were.
+    for n in (300, 1_000, 5_000):
+        boxes, scores = detector_like_boxes(
+            n, torch.Generator().manual_seed(n) if n < 1_000 else gen
+        )
         boxes_yxyx = boxes[:, [1, 0, 3, 2]].numpy()
         scores_np = scores.numpy()
         boxes, scores = boxes.to(device), scores.to(device)
@@ -273,7 +277,7 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
                     "torchvision": lambda b=boxes, s=scores: torchvision.ops.nms(b, s, 0.5),
                     "seed": lambda b=boxes_yxyx, s=scores_np: seeds.nms_plus_one(b, s, 0.5),
                 },
-                floor="<= 1.0x",
+                floor="<= 1.0x" if n >= 1_000 else "none below 1,000 boxes",
                 note="sources' code: the NumPy loop of source 002 (with its +1 pixel convention), on the host",
             )
         )

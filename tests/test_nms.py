@@ -241,12 +241,18 @@ def test_nms_non_contiguous_inputs(gen):
     assert torch.equal(nms(transposed, scores, 0.5), expected)
 
 
-@pytest.mark.parametrize("block_size", [1, 2, 7, 64])
-def test_nms_any_block_size_and_chunking(gen, monkeypatch, block_size):
+@pytest.mark.parametrize(
+    ("block_size", "near", "max_pairs"),
+    [(1, 1024, 50), (2, 1024, 50), (7, 1024, 50), (64, 1024, 50), (7, 30, 1 << 20), (64, 150, 300)],
+)
+def test_nms_any_block_size_and_chunking(gen, monkeypatch, block_size, near, max_pairs):
     # Small blocks and chunks make a few hundred boxes take every path: many blocks, chains of
-    # suppression inside a block, and candidates split into many chunks.
+    # suppression inside a block, a block compared with the next candidates in the same matrix
+    # and with the rest through its kept boxes, candidates split into many chunks, and a last
+    # block a little larger than the others.
     monkeypatch.setattr(nms_module, "_BLOCK_SIZE", block_size)
-    monkeypatch.setattr(nms_module, "_MAX_PAIRS", 50)
+    monkeypatch.setattr(nms_module, "_NEAR", near)
+    monkeypatch.setattr(nms_module, "_MAX_PAIRS", max_pairs)
     boxes = clustered_boxes(400, gen, objects=10)
     scores = torch.randint(0, 40, (400,), generator=gen).float()
     labels = torch.randint(0, 3, (400,), generator=gen)
@@ -258,14 +264,14 @@ def test_nms_any_block_size_and_chunking(gen, monkeypatch, block_size):
 
 def test_nms_memory_stays_bounded(gen, monkeypatch):
     largest = []
-    suppresses = nms_module._suppresses
+    suppresses = nms_module._above_threshold
 
     def recording(rows, cols, threshold):
         pairs = suppresses(rows, cols, threshold)
         largest.append(pairs.numel())
         return pairs
 
-    monkeypatch.setattr(nms_module, "_suppresses", recording)
+    monkeypatch.setattr(nms_module, "_above_threshold", recording)
     boxes = clustered_boxes(20_000, gen)
     scores = torch.rand(20_000, generator=gen)
     assert torch.equal(nms(boxes, scores, 0.5), tvops.nms(boxes, scores, 0.5))
