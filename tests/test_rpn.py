@@ -232,13 +232,12 @@ def test_gradients_reach_both_rpn_branches(gen):
     objectness_loss, box_loss = rpn_loss(
         objectness, deltas, BoxCoder().encode(matched, anchors), positive, negative
     )
-    grad_cls, grad_box = torch.autograd.grad(
-        box_loss, [head.cls_logits.weight, head.bbox_pred.weight], allow_unused=True
-    )
+    # The biases: a weight's gradient is exactly zero whenever the ReLU features at the sampled
+    # positives are all zero, which happens for about one initialisation in 200 here.
+    branches = [head.cls_logits.bias, head.bbox_pred.bias]
+    grad_cls, grad_box = torch.autograd.grad(box_loss, branches, allow_unused=True)
     assert grad_cls is None and grad_box.norm() > 0
-    grad_cls, grad_box = torch.autograd.grad(
-        objectness_loss, [head.cls_logits.weight, head.bbox_pred.weight], allow_unused=True
-    )
+    grad_cls, grad_box = torch.autograd.grad(objectness_loss, branches, allow_unused=True)
     assert grad_cls.norm() > 0 and grad_box is None
 
 
