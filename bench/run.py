@@ -271,7 +271,7 @@ def build_cases(device: torch.device, quick: bool) -> list[Case]:
         cases.append(
             Case(
                 "nms",
-                f"{n:,} boxes",
+                f"{n:,} boxes, {len(torchvision.ops.nms(boxes, scores, 0.5)):,} kept",
                 {
                     "detlib": lambda b=boxes, s=scores: detlib.nms(b, s, 0.5),
                     "torchvision": lambda b=boxes, s=scores: torchvision.ops.nms(b, s, 0.5),
