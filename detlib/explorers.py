@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from detlib.widgets import explorer_module
+
 __all__ = [
     "describe_measures",
     "describe_suppression",
@@ -166,7 +168,7 @@ def _make_nms_explorer():
         scores. :meth:`result` and :meth:`describe` give detlib's answer for the current settings.
         """
 
-        _esm = _STATIC / "nms_explorer.js"
+        _esm = explorer_module("nms_explorer")
         _css = _STATIC / "explorers.css"
         method = traitlets.Unicode("greedy").tag(sync=True)
         iou_threshold = traitlets.Float(0.5).tag(sync=True)
@@ -276,7 +278,7 @@ def _make_iou_explorer():
         :meth:`measures` and :meth:`describe` give detlib's numbers for the current boxes.
         """
 
-        _esm = _STATIC / "iou_explorer.js"
+        _esm = explorer_module("iou_explorer")
         _css = _STATIC / "explorers.css"
         box_a = traitlets.List(traitlets.Float(), default_value=[110.0, 90.0, 250.0, 200.0]).tag(
             sync=True
@@ -403,7 +405,7 @@ def _make_matching_explorer():
         highlighted. :meth:`matches` and :meth:`describe` give detlib's answer.
         """
 
-        _esm = _STATIC / "matching_explorer.js"
+        _esm = explorer_module("matching_explorer")
         _css = _STATIC / "explorers.css"
         strategy = traitlets.Unicode("retinanet").tag(sync=True)
         high_threshold = traitlets.Float(0.5).tag(sync=True)
@@ -537,7 +539,7 @@ def _make_focal_explorer():
         negatives; :meth:`shares` and :meth:`describe` give detlib's numbers.
         """
 
-        _esm = _STATIC / "focal_explorer.js"
+        _esm = explorer_module("focal_explorer")
         _css = _STATIC / "explorers.css"
         gamma = traitlets.Float(2.0).tag(sync=True)
         alpha = traitlets.Float(0.25).tag(sync=True)
@@ -627,7 +629,7 @@ def _make_roi_explorer():
         :meth:`describe` give detlib's results for the current settings.
         """
 
-        _esm = _STATIC / "roi_explorer.js"
+        _esm = explorer_module("roi_explorer")
         _css = _STATIC / "explorers.css"
         roi = traitlets.List(traitlets.Float(), default_value=[1.3, 1.6, 6.2, 5.4]).tag(sync=True)
         output_size = traitlets.Int(2).tag(sync=True)
@@ -700,7 +702,7 @@ def _make_fusion_explorer():
         fused map out, for fast normalised fusion or softmax fusion. :meth:`result` and
         :meth:`describe` give detlib's numbers."""
 
-        _esm = _STATIC / "fusion_explorer.js"
+        _esm = explorer_module("fusion_explorer")
         _css = _STATIC / "explorers.css"
         kind = traitlets.Unicode("fast").tag(sync=True)
         raw_weights = traitlets.List(traitlets.Float(), default_value=[1.0, 1.0, 1.0]).tag(
@@ -779,7 +781,7 @@ def _make_pr_explorer():
         :meth:`result` and :meth:`describe` give detlib's numbers.
         """
 
-        _esm = _STATIC / "pr_explorer.js"
+        _esm = explorer_module("pr_explorer")
         _css = _STATIC / "explorers.css"
         classes = traitlets.List().tag(sync=True)
         scores = traitlets.List().tag(sync=True)

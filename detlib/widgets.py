@@ -188,6 +188,15 @@ def anchor_explorer(num_boxes: int = 300, seed: int = 0, device: torch.device | 
 
 
 _STATIC = Path(__file__).parent / "static"
+
+
+def explorer_module(name: str) -> str:
+    """The JavaScript module of the explorer ``name`` (``"nms_explorer"``): the helpers that all
+    explorers share (``static/explorer_kit.js``) followed by ``static/<name>.js``. anywidget loads
+    a widget's module from a string, which cannot import a neighbouring file."""
+    return (_STATIC / "explorer_kit.js").read_text() + (_STATIC / f"{name}.js").read_text()
+
+
 EXPLORER_REFERENCE_SIZE = 1024  # the explorer's boxes are drawn at this size, stored as fractions
 
 
@@ -235,7 +244,7 @@ def _make_anchor_explorer_class():
         Python for the current settings.
         """
 
-        _esm = _STATIC / "anchor_explorer.js"
+        _esm = explorer_module("anchor_explorer")
         _css = _STATIC / "anchor_explorer.css"
         size_factor = traitlets.Float(4.0).tag(sync=True)
         level_low = traitlets.Int(3).tag(sync=True)

@@ -15,7 +15,8 @@ import subprocess
 import pytest
 import torch
 
-from detlib.explorers import _STATIC, describe_suppression, fixed, nms_scene, suppress
+from detlib.explorers import describe_suppression, fixed, nms_scene, suppress
+from detlib.widgets import explorer_module
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(
@@ -24,9 +25,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def run_node(tmp_path, module: str, body: str, payload: object):
-    """Import ``detlib/static/<module>.js`` as ``m`` in node, run ``body`` on ``input``, return
-    what it writes (JSON)."""
-    (tmp_path / f"{module}.mjs").write_text((_STATIC / f"{module}.js").read_text())
+    """Import the explorer ``module`` (``explorer_kit.js``, then ``detlib/static/<module>.js``)
+    as ``m`` in node, run ``body`` on ``input``, return what it writes (JSON)."""
+    (tmp_path / f"{module}.mjs").write_text(explorer_module(module))
     script = tmp_path / "run.mjs"
     script.write_text(
         f"import * as m from './{module}.mjs';\n"

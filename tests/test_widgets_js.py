@@ -14,9 +14,9 @@ import torch
 
 from detlib import best_anchor_iou
 from detlib.widgets import (
-    _STATIC,
     coverage_summary,
     explorer_boxes,
+    explorer_module,
     octave_scale_table,
     pyramid_from_settings,
 )
@@ -64,7 +64,7 @@ SETTINGS = [
 
 def run_module(tmp_path, settings, boxes):
     module = tmp_path / "anchor_explorer.mjs"  # .mjs: node loads it as an ES module
-    module.write_text((_STATIC / "anchor_explorer.js").read_text())
+    module.write_text(explorer_module("anchor_explorer"))
     script = tmp_path / "run.mjs"
     script.write_text(
         "import * as ae from './anchor_explorer.mjs';\n"
@@ -132,7 +132,7 @@ def test_explorer_widget_state_round_trips():
 
 def _node_eval(tmp_path, body: str):
     """Run ``body`` (which prints JSON) with the explorer's module imported as ``ae``."""
-    (tmp_path / "anchor_explorer.mjs").write_text((_STATIC / "anchor_explorer.js").read_text())
+    (tmp_path / "anchor_explorer.mjs").write_text(explorer_module("anchor_explorer"))
     script = tmp_path / "eval.mjs"
     script.write_text(f"import * as ae from './anchor_explorer.mjs';\n{body}\n")
     result = subprocess.run(

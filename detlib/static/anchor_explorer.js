@@ -3,6 +3,7 @@
 // operation for operation in float64 (tests/test_widgets_js.py checks it, bit for bit, under node).
 // The octave scales 2**(k/n) come from Python (`scale_table`): JavaScript's ** can differ from
 // the C library's pow in the last bit.
+// Its helpers (svgElement, setAndSync, slider) are in explorer_kit.js, which detlib puts in front.
 
 export const RATIO_CHOICES = [0.25, 1 / 3, 0.5, 1, 2, 3, 4];
 /** The settings the explorer opens with and returns to on "Reset" (AnchorExplorer's defaults). */
@@ -16,7 +17,6 @@ export const RATIO_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c56
 export const SCALE_DASHES = ["", "6 3", "2 2", "8 3 2 3"];
 const COVERED = "#1a9850";
 const MISSED = "#d73027";
-const SVG = "http://www.w3.org/2000/svg";
 
 // ------------------------------------------------------------------ anchor arithmetic
 /** The pyramid levels of the settings: [{level, stride, sizes, ratios}]. */
@@ -144,12 +144,6 @@ export function describe(counts, cov, threshold = 0.5) {
 }
 
 // ------------------------------------------------------------------ drawing
-function svgElement(name, attributes) {
-  const element = document.createElementNS(SVG, name);
-  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
-  return element;
-}
-
 function drawScene(svg, model, levels, boxes, best) {
   const imageSize = model.get("image_size");
   const margin = imageSize * 0.12;
@@ -217,32 +211,6 @@ function drawLegend(legend, model) {
 }
 
 // ------------------------------------------------------------------ controls
-function slider(label, name, min, max, step, model, onChange) {
-  const row = document.createElement("label");
-  row.className = "detlib-ae-row";
-  const text = document.createElement("span");
-  text.textContent = label;
-  const input = document.createElement("input");
-  Object.assign(input, { type: "range", min, max, step, value: model.get(name), name });
-  const value = document.createElement("output");
-  value.textContent = model.get(name);
-  input.addEventListener("input", () => {
-    value.textContent = input.value;
-    onChange(name, Number(input.value));
-  });
-  row.append(text, input, value);
-  return { row, input, value };
-}
-
-function setAndSync(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes(); // sends the change to the kernel, when there is one
-  } catch (error) {
-    // The static book has no kernel: the widget keeps working on its own state.
-  }
-}
-
 function render({ model, el }) {
   const root = document.createElement("div");
   root.className = "detlib-anchor-explorer";
@@ -268,7 +236,7 @@ function render({ model, el }) {
     ["scales per octave", "scales_per_octave", 1, 4, 1],
     ["image size", "image_size", 128, 1024, 64],
   ]) {
-    sliders[name] = slider(label, name, min, max, step, model, update);
+    sliders[name] = slider(label, name, min, max, step, update, "detlib-ae-row");
     controls.append(sliders[name].row);
   }
   const ratioRow = document.createElement("div");

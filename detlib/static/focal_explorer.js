@@ -1,8 +1,8 @@
 // The focal-loss explorer (chapter 4), computed in the browser: it works in Jupyter, Colab and in
 // the static HTML book, where there is no kernel. The loss is detlib.sigmoid_focal_loss's formula
 // in float64 (tests/test_explorers_js.py compares it under node with detlib on random settings).
+// Its helpers (svgElement, setAndSync, slider) are in explorer_kit.js, which detlib puts in front.
 
-const SVG = "http://www.w3.org/2000/svg";
 export const EASY = 0.9; // an anchor is "easy" when the probability of its true label p_t > 0.9
 
 // ------------------------------------------------------------------ arithmetic
@@ -54,12 +54,6 @@ export function describe(s, alpha, gamma) {
 }
 
 // ------------------------------------------------------------------ drawing
-function svgElement(name, attributes) {
-  const element = document.createElementNS(SVG, name);
-  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
-  return element;
-}
-
 function text(svg, content, attributes) {
   const t = svgElement("text", { "font-size": 10, fill: "#555", ...attributes });
   t.textContent = content;
@@ -122,28 +116,6 @@ function drawShares(svg, s) {
 }
 
 // ------------------------------------------------------------------ controls
-function setAndSync(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes(); // sends the change to the kernel, when there is one
-  } catch (error) {
-    // The static book has no kernel: the widget keeps working on its own state.
-  }
-}
-
-function slider(label, name, min, max, step, onChange) {
-  const row = document.createElement("label");
-  row.className = "detlib-ex-row";
-  const span = document.createElement("span");
-  span.textContent = label;
-  const input = document.createElement("input");
-  Object.assign(input, { type: "range", min, max, step, name });
-  const value = document.createElement("output");
-  input.addEventListener("input", () => onChange(name, Number(input.value)));
-  row.append(span, input, value);
-  return { row, input, value };
-}
-
 function render({ model, el }) {
   const root = document.createElement("div");
   root.className = "detlib-explorer detlib-focal-explorer";

@@ -2,8 +2,8 @@
 // static HTML book, where there is no kernel. The weights are detlib.WeightedFusion's ("fast":
 // relu(w) / (sum relu(w) + eps); "softmax") in float64; tests/test_explorers_js.py compares them
 // and the fused maps under node with detlib.
+// Its helpers (svgElement, setAndSync, slider) are in explorer_kit.js, which detlib puts in front.
 
-const SVG = "http://www.w3.org/2000/svg";
 export const EPS = 1e-4;
 
 // ------------------------------------------------------------------ arithmetic
@@ -39,12 +39,6 @@ export function describe(weights, kind) {
 // ------------------------------------------------------------------ drawing
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c"];
 
-function svgElement(name, attributes) {
-  const element = document.createElementNS(SVG, name);
-  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
-  return element;
-}
-
 function drawSignals(svg, inputs, fused, weights, names) {
   const W = 420;
   const H = 240;
@@ -72,15 +66,6 @@ function drawSignals(svg, inputs, fused, weights, names) {
 }
 
 // ------------------------------------------------------------------ controls
-function setAndSync(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes(); // sends the change to the kernel, when there is one
-  } catch (error) {
-    // The static book has no kernel: the widget keeps working on its own state.
-  }
-}
-
 function render({ model, el }) {
   const root = document.createElement("div");
   root.className = "detlib-explorer detlib-fusion-explorer";

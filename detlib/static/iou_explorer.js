@@ -2,8 +2,8 @@
 // static HTML book, where there is no kernel. IoU, GIoU, DIoU and CIoU are detlib.box_iou's,
 // generalized_box_iou's, distance_box_iou's and complete_box_iou's arithmetic in float64,
 // operation for operation (tests/test_explorers_js.py compares them under node).
+// Its helpers (svgElement, setAndSync, slider) are in explorer_kit.js, which detlib puts in front.
 
-const SVG = "http://www.w3.org/2000/svg";
 export const MEASURES = ["IoU", "GIoU", "DIoU", "CIoU"];
 const EPS = 1e-7; // detlib's (and torchvision's) eps of DIoU and CIoU
 
@@ -59,12 +59,6 @@ export function describe(values) {
 
 // ------------------------------------------------------------------ drawing
 const COLOURS = { IoU: "#1f77b4", GIoU: "#ff7f0e", DIoU: "#2ca02c", CIoU: "#d62728" };
-
-function svgElement(name, attributes) {
-  const element = document.createElementNS(SVG, name);
-  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
-  return element;
-}
 
 function drawScene(svg, a, b, width, height) {
   svg.setAttribute("viewBox", `-10 -10 ${width + 20} ${height + 20}`);
@@ -129,28 +123,6 @@ function drawCurves(svg, a, b, range) {
 }
 
 // ------------------------------------------------------------------ controls
-function setAndSync(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes(); // sends the change to the kernel, when there is one
-  } catch (error) {
-    // The static book has no kernel: the widget keeps working on its own state.
-  }
-}
-
-function slider(label, name, min, max, step, onChange) {
-  const row = document.createElement("label");
-  row.className = "detlib-ex-row";
-  const text = document.createElement("span");
-  text.textContent = label;
-  const input = document.createElement("input");
-  Object.assign(input, { type: "range", min, max, step, name });
-  const value = document.createElement("output");
-  input.addEventListener("input", () => onChange(name, Number(input.value)));
-  row.append(text, input, value);
-  return { row, input, value };
-}
-
 /** Box b from its centre and size. */
 function fromCentre(cx, cy, w, h) {
   return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2];

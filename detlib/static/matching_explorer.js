@@ -2,8 +2,8 @@
 // the static HTML book, where there is no kernel. Anchors, IoUs and the four matching strategies
 // are detlib's (AnchorGenerator, box_iou, Matcher, ssd_match, greedy_match) in float64, operation
 // for operation; tests/test_explorers_js.py compares them under node.
+// Its helpers (svgElement, setAndSync, slider) are in explorer_kit.js, which detlib puts in front.
 
-const SVG = "http://www.w3.org/2000/svg";
 export const STRATEGIES = {
   retinanet: { label: "RetinaNet (thresholds)", high: 0.5, low: 0.4 },
   rpn: { label: "RPN (+ low-quality matches)", high: 0.7, low: 0.3 },
@@ -180,12 +180,6 @@ export function describe(s, settings) {
 // ------------------------------------------------------------------ drawing
 const COLOURS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"];
 
-function svgElement(name, attributes) {
-  const element = document.createElementNS(SVG, name);
-  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
-  return element;
-}
-
 function draw(svg, boxes, anchorList, matches, s, size) {
   svg.setAttribute("viewBox", `-8 -8 ${size + 16} ${size + 16}`);
   svg.replaceChildren();
@@ -214,28 +208,6 @@ function draw(svg, boxes, anchorList, matches, s, size) {
 }
 
 // ------------------------------------------------------------------ controls
-function setAndSync(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes(); // sends the change to the kernel, when there is one
-  } catch (error) {
-    // The static book has no kernel: the widget keeps working on its own state.
-  }
-}
-
-function slider(label, name, min, max, step, onChange) {
-  const row = document.createElement("label");
-  row.className = "detlib-ex-row";
-  const text = document.createElement("span");
-  text.textContent = label;
-  const input = document.createElement("input");
-  Object.assign(input, { type: "range", min, max, step, name });
-  const value = document.createElement("output");
-  input.addEventListener("input", () => onChange(name, Number(input.value)));
-  row.append(text, input, value);
-  return { row, input, value };
-}
-
 function render({ model, el }) {
   const root = document.createElement("div");
   root.className = "detlib-explorer detlib-matching-explorer";

@@ -1,9 +1,9 @@
 // The NMS explorer (chapter 7), computed in the browser: it works in Jupyter, Colab and in the
 // static HTML book, where there is no kernel. The arithmetic is detlib.nms's and
 // detlib.soft_nms's on float64 boxes, operation for operation (tests/test_explorers_js.py runs
-// this file under node and compares the kept indices and scores with detlib).
+// this module under node and compares the kept indices and scores with detlib).
+// Its helpers (svgElement, setAndSync, slider) are in explorer_kit.js, which detlib puts in front.
 
-const SVG = "http://www.w3.org/2000/svg";
 
 // ------------------------------------------------------------------ arithmetic
 /** IoU of boxes a and b as detlib's NMS computes it: inter / ((area_a + area_b) - inter);
@@ -96,12 +96,6 @@ export function describe(result, settings, total) {
 // ------------------------------------------------------------------ drawing
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"];
 
-function svgElement(name, attributes) {
-  const element = document.createElementNS(SVG, name);
-  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
-  return element;
-}
-
 function draw(svg, boxes, scores, result, width, height) {
   svg.setAttribute("viewBox", `-10 -10 ${width + 20} ${height + 20}`);
   svg.replaceChildren();
@@ -126,28 +120,6 @@ function draw(svg, boxes, scores, result, width, height) {
 }
 
 // ------------------------------------------------------------------ controls
-function setAndSync(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes(); // sends the change to the kernel, when there is one
-  } catch (error) {
-    // The static book has no kernel: the widget keeps working on its own state.
-  }
-}
-
-function slider(label, name, min, max, step, model, onChange) {
-  const row = document.createElement("label");
-  row.className = "detlib-ex-row";
-  const text = document.createElement("span");
-  text.textContent = label;
-  const input = document.createElement("input");
-  Object.assign(input, { type: "range", min, max, step, value: model.get(name), name });
-  const value = document.createElement("output");
-  input.addEventListener("input", () => onChange(name, Number(input.value)));
-  row.append(text, input, value);
-  return { row, input, value };
-}
-
 function render({ model, el }) {
   const root = document.createElement("div");
   root.className = "detlib-explorer detlib-nms-explorer";
@@ -180,7 +152,7 @@ function render({ model, el }) {
     ["sigma (Gaussian)", "sigma", 0.05, 1.5, 0.05],
     ["score threshold (soft)", "score_threshold", 0, 0.9, 0.05],
   ]) {
-    sliders[name] = slider(label, name, min, max, step, model, update);
+    sliders[name] = slider(label, name, min, max, step, update);
     controls.append(sliders[name].row);
   }
 

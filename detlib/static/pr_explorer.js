@@ -2,8 +2,8 @@
 // and in the static HTML book, where there is no kernel. Ranking, precision, recall and the
 // all-point AP are detlib.metrics' (voc_average_precision) in float64; tests/test_explorers_js.py
 // compares them under node with detlib.
+// Its helpers (svgElement, setAndSync, slider) are in explorer_kit.js, which detlib puts in front.
 
-const SVG = "http://www.w3.org/2000/svg";
 
 // ------------------------------------------------------------------ arithmetic
 /** Precision and recall after each detection ranked by decreasing score (ties keep their order). */
@@ -43,12 +43,6 @@ export function describe(name, ap, at, threshold) {
 }
 
 // ------------------------------------------------------------------ drawing
-function svgElement(name, attributes) {
-  const element = document.createElementNS(SVG, name);
-  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
-  return element;
-}
-
 function draw(svg, curve, envelope, at) {
   const W = 420;
   const H = 300;
@@ -77,15 +71,6 @@ function draw(svg, curve, envelope, at) {
 }
 
 // ------------------------------------------------------------------ controls
-function setAndSync(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes(); // sends the change to the kernel, when there is one
-  } catch (error) {
-    // The static book has no kernel: the widget keeps working on its own state.
-  }
-}
-
 function render({ model, el }) {
   const root = document.createElement("div");
   root.className = "detlib-explorer detlib-pr-explorer";

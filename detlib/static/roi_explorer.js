@@ -2,8 +2,8 @@
 // in the static HTML book, where there is no kernel. RoI Pool and RoI Align are detlib.roi_pool's
 // and detlib.roi_align's arithmetic (torchvision's) on one channel, spatial scale 1, in float64;
 // tests/test_explorers_js.py compares them under node with detlib on random RoIs and settings.
+// Its helpers (svgElement, setAndSync, slider) are in explorer_kit.js, which detlib puts in front.
 
-const SVG = "http://www.w3.org/2000/svg";
 
 // ------------------------------------------------------------------ arithmetic
 /** C's round: half away from zero (Math.round rounds -2.5 to -2). */
@@ -108,12 +108,6 @@ export function describe(pool, align, settings) {
 }
 
 // ------------------------------------------------------------------ drawing
-function svgElement(name, attributes) {
-  const element = document.createElementNS(SVG, name);
-  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
-  return element;
-}
-
 function shade(v, low, high) {
   const t = high > low ? (v - low) / (high - low) : 0.5;
   const c = Math.round(245 - 150 * t);
@@ -192,28 +186,6 @@ function drawOutputs(svg, pool, align, low, high) {
 }
 
 // ------------------------------------------------------------------ controls
-function setAndSync(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes(); // sends the change to the kernel, when there is one
-  } catch (error) {
-    // The static book has no kernel: the widget keeps working on its own state.
-  }
-}
-
-function slider(label, name, min, max, step, onChange) {
-  const row = document.createElement("label");
-  row.className = "detlib-ex-row";
-  const span = document.createElement("span");
-  span.textContent = label;
-  const input = document.createElement("input");
-  Object.assign(input, { type: "range", min, max, step, name });
-  const value = document.createElement("output");
-  input.addEventListener("input", () => onChange(name, Number(input.value)));
-  row.append(span, input, value);
-  return { row, input, value };
-}
-
 function render({ model, el }) {
   const root = document.createElement("div");
   root.className = "detlib-explorer detlib-roi-explorer";

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from detlib import best_anchor_iou
-from detlib.widgets import _STATIC, explorer_boxes, octave_scale_table, pyramid_from_settings
+from detlib.widgets import (
+    _STATIC,
+    explorer_boxes,
+    explorer_module,
+    octave_scale_table,
+    pyramid_from_settings,
+)
 
 ORIGIN = "http://explorer.local"
 DEFAULTS = dict(
@@ -42,7 +48,7 @@ def explorer(browser):
     state = dict(DEFAULTS, boxes=explorer_boxes(300).tolist(), scale_table=octave_scale_table())
     files = {
         "/index.html": ("text/html", PAGE.format(state=json.dumps(state))),
-        "/anchor_explorer.js": ("text/javascript", (_STATIC / "anchor_explorer.js").read_text()),
+        "/anchor_explorer.js": ("text/javascript", explorer_module("anchor_explorer")),
         "/anchor_explorer.css": ("text/css", (_STATIC / "anchor_explorer.css").read_text()),
     }
     page = browser.new_page(viewport={"width": 900, "height": 1200})

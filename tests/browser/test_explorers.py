@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from detlib.widgets import explorer_module
 from tests.browser.conftest import serve
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -156,7 +157,7 @@ def _harness(tmp_path: Path, explorer: Explorer) -> Path:
 
     widget = getattr(explorers, explorer.name)(**_HARNESS_ARGUMENTS.get(explorer.name, {}))
     state = {k: v for k, v in widget.get_state().items() if not k.startswith("_")}
-    (tmp_path / f"{explorer.module}.js").write_text((STATIC / f"{explorer.module}.js").read_text())
+    (tmp_path / f"{explorer.module}.js").write_text(explorer_module(explorer.module))
     (tmp_path / "explorers.css").write_text((STATIC / "explorers.css").read_text())
     (tmp_path / "index.html").write_text(
         "<!doctype html><html><head><meta charset='utf-8'>"
