@@ -62,8 +62,9 @@ from detlib._checks import (
 
 __all__ = ["nms", "batched_nms", "soft_nms"]
 
-# Boxes decided together in one step. Larger blocks mean fewer Python-level steps but more wasted
-# work on pairs inside a block whose boxes a previous block has already suppressed.
+# Boxes decided together in one round. Larger blocks mean fewer rounds but more wasted pairs: a
+# round compares every box of its block with the later candidates, including the block's boxes
+# that turn out to be suppressed.
 _BLOCK_SIZE = 256
 
 # Upper bound on the number of box pairs whose IoU is held in memory at once (4 MB in float32).
